@@ -1,0 +1,3 @@
+from auditwatch.cli import main
+
+raise SystemExit(main())
