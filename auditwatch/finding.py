@@ -16,7 +16,7 @@ from auditwatch.events import ExecEvent, Sensor, Technique
 
 @dataclass(frozen=True, slots=True)
 class HealthInfo:
-    """A sensor gap or tamper sign. ``kind`` is stable (for alert rules); ``message`` is for people."""
+    """A sensor gap or tamper sign: ``kind`` is stable (alert rules), ``message`` for people."""
 
     kind: str                 # e.g. "bpf_detached", "audit_records_lost", "audit_rules_removed"
     message: str

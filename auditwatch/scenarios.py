@@ -169,6 +169,20 @@ def memfd_script(tag: str) -> ScenarioResult:
     return _result("memfd_script", r, ("/bin/sh", f"/dev/fd/{fd}", tag), "memfd-script")
 
 
+LOADER_PATH = "/lib64/ld-linux-x86-64.so.2"
+
+
+def loader_memfd(tag: str) -> ScenarioResult:
+    """The dynamic loader runs a program it is handed by fd: the image is ld.so, on disk."""
+    fd = _memfd_with(_true_bytes(), "auditwatch-loader")
+    argv = [LOADER_PATH, f"/proc/self/fd/{fd}", tag]
+    try:
+        r = _run_child(lambda: os.execv(LOADER_PATH, argv))
+    finally:
+        os.close(fd)
+    return _result("loader_memfd", r, argv, "loader")
+
+
 # --- look-alikes that must NOT be reported -------------------------------------------------
 
 def ordinary_exec(tag: str) -> ScenarioResult:
@@ -221,6 +235,30 @@ def memfd_create_only(tag: str) -> ScenarioResult:
     finally:
         os.close(fd)
     return _result("memfd_create_only", r, argv, None)
+
+
+def loader_list(tag: str) -> ScenarioResult:
+    """``ld.so --list /bin/true``: the loader reading a file on disk."""
+    argv = [LOADER_PATH, "--list", TRUE_BINARY]
+
+    def quiet_exec() -> None:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
+        os.execv(LOADER_PATH, argv)
+    r = _run_child(quiet_exec)
+    # No token in argv: the tests match this one by pid alone.
+    return _result("loader_list", r, (*argv, tag), None)
+
+
+def loader_disk(tag: str) -> ScenarioResult:
+    """ld.so handed an on-disk binary by fd: not fileless."""
+    fd = os.open(TRUE_BINARY, os.O_RDONLY)
+    os.set_inheritable(fd, True)  # the loader opens it after the exec
+    argv = [LOADER_PATH, f"/proc/self/fd/{fd}", tag]
+    try:
+        r = _run_child(lambda: os.execv(LOADER_PATH, argv))
+    finally:
+        os.close(fd)
+    return _result("loader_disk", r, argv, None)
 
 
 POSITIVE: dict[str, Callable[[str], ScenarioResult]] = {

@@ -61,9 +61,10 @@ def is_loader(exe: str) -> bool:
     return any(fnmatch.fnmatchcase(posixpath.basename(exe), g) for g in _LOADER_GLOBS)
 
 
-def memfd_name_of(exe: str) -> str | None:
-    """``/memfd:NAME (deleted)`` (as the kernel prints a memfd's path) -> ``NAME``."""
-    if exe.startswith("/" + MEMFD_PREFIX) and exe.endswith(DELETED_SUFFIX):
+def memfd_name_of(exe: str, exec_path: str | None = None) -> str | None:
+    """``/memfd:NAME (deleted)`` (as the kernel prints a memfd's path) -> ``NAME``. A real file of
+    that literal name exec'd by that very name (``exec_path``) is not a memfd."""
+    if exe.startswith("/" + MEMFD_PREFIX) and exe.endswith(DELETED_SUFFIX) and exec_path != exe:
         return exe[len(MEMFD_PREFIX) + 1 : -len(DELETED_SUFFIX)]
     return None
 
@@ -73,7 +74,7 @@ def pathname(event: ExecEvent) -> str:
     the kernel's `` (deleted)`` suffix."""
     if event.memfd_name is not None:
         return MEMFD_PREFIX + event.memfd_name
-    name = memfd_name_of(event.exe)
+    name = memfd_name_of(event.exe, event.exec_path)
     if name is not None:
         return MEMFD_PREFIX + name
     exe = event.exe
@@ -101,7 +102,7 @@ def detect(event: ExecEvent, memfd_devs: Collection[int] = ()) -> Technique | No
     ``memfd_devs``: devices that memfds live on (learned at start-up); lets audit evidence, which
     has no nlink, recognise a script or program fed from a memfd.
     """
-    if event.memfd_name is not None or memfd_name_of(event.exe) is not None:
+    if event.memfd_name is not None or memfd_name_of(event.exe, event.exec_path) is not None:
         return "memfd"
     if event.fd_target is not None and _fd_target_in_memory(
         event.fd_target.nlink, event.fd_target.dev, memfd_devs

@@ -1,0 +1,48 @@
+"""Shared test plumbing.
+
+Kernel tests (marker ``kernel``) need the real BPF and audit subsystems. Outside CI a missing
+capability skips them; with ``CI=true`` it fails them, because a skipped kernel test hides breakage.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+
+import pytest
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def kernel_unavailable(reason: str) -> None:
+    """Skip locally, fail in CI."""
+    if IN_CI:
+        pytest.fail(f"kernel capability missing in CI: {reason}")
+    pytest.skip(reason)
+
+
+def _auditd_running() -> bool:
+    return subprocess.run(["pgrep", "-x", "auditd"], capture_output=True).returncode == 0
+
+
+@pytest.fixture
+def audit_ready() -> None:
+    """auditd runs and audit is enabled (the rules themselves are the tests' business)."""
+    if os.geteuid() != 0:
+        kernel_unavailable("needs root")
+    if shutil.which("auditctl") is None:
+        kernel_unavailable("auditctl not installed")
+    if not _auditd_running():
+        kernel_unavailable("auditd is not running")
+    status = subprocess.run(["auditctl", "-s"], capture_output=True, text=True).stdout
+    if "enabled 0" in status:
+        kernel_unavailable("audit is disabled (auditctl -e 1)")
+
+
+@pytest.fixture
+def bpf_ready() -> None:
+    if os.geteuid() != 0:
+        kernel_unavailable("needs root")
+    if not os.path.exists("/sys/kernel/btf/vmlinux"):
+        kernel_unavailable("no kernel BTF")
