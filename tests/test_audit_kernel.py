@@ -20,10 +20,10 @@ from pathlib import Path
 import pytest
 
 from auditwatch import scenarios, trc105
-from auditwatch.hostinfo import memfd_devices
 from auditwatch.audit.reader import Scanner, open_audit_logs
 from auditwatch.events import ExecEvent
 from auditwatch.finding import HealthInfo, exec_finding, to_json
+from auditwatch.hostinfo import memfd_devices
 from auditwatch.rules import install_rules, rules_loaded, rules_text
 from auditwatch.sensors.audit_netlink import AuditNetlinkSource
 

@@ -21,10 +21,10 @@ from typing import BinaryIO
 
 from auditwatch.audit.execs import ExecExtractor
 from auditwatch.audit.grouper import AuditEvent, Grouper
-from auditwatch.hostinfo import memfd_devices
 from auditwatch.audit.records import AuditParseError, parse_log_line
 from auditwatch.errors import SensorError
 from auditwatch.events import ExecEvent
+from auditwatch.hostinfo import memfd_devices
 
 FLUSH_EVERY = 1024   # records between expiry passes (by event time)
 _ROTATED = re.compile(r"^(?P<base>.*?)\.(?P<n>\d+)(?:\.gz)?$")

@@ -24,11 +24,11 @@ from typing import Final
 
 from auditwatch.audit.execs import ExecExtractor
 from auditwatch.audit.grouper import AuditEvent, Grouper
-from auditwatch.hostinfo import memfd_devices
 from auditwatch.audit.records import AuditParseError, AuditRecord, parse_netlink, text, untrusted
 from auditwatch.errors import SensorError, SensorUnavailable
 from auditwatch.events import ExecEvent, Sensor
 from auditwatch.finding import HealthInfo
+from auditwatch.hostinfo import memfd_devices
 
 NETLINK_AUDIT: Final = 9
 AUDIT_NLGRP_READLOG: Final = 1

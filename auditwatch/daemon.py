@@ -1,0 +1,257 @@
+"""Assembly: build sensors, pipeline and outputs from the configuration, and run them.
+
+``run`` is the live daemon (signals, SIGHUP reload, status file); ``scan`` feeds audit.log files
+through the same pipeline. Both are thin: every decision lives in the stages they wire.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable, Sequence
+from types import FrameType
+
+from loguru import logger
+
+from auditwatch import hostinfo
+from auditwatch.config import (
+    Config,
+    check_config_permissions,
+    load_config,
+    parse_output_spec,
+)
+from auditwatch.engine import Engine
+from auditwatch.errors import ConfigError
+from auditwatch.events import Sensor
+from auditwatch.finding import Finding, HealthInfo, summary
+from auditwatch.logging_setup import setup_logging
+from auditwatch.outputs import build_outputs
+from auditwatch.outputs.base import Output
+from auditwatch.pipeline import Pipeline
+from auditwatch.sensors.base import Source
+from auditwatch.status import write_status
+
+STATUS_INTERVAL_S = 2.0
+RULES_CHECK_INTERVAL_S = 5.0
+
+
+def _load(config_path: str | None) -> Config:
+    config = load_config(config_path)
+    if config_path is not None:
+        check_config_permissions(config_path)
+    return config
+
+
+def _outputs(config: Config, specs: Sequence[str] | None) -> Output:
+    configs = [parse_output_spec(s) for s in specs] if specs else list(config.outputs)
+    return build_outputs(configs)
+
+
+def _allowlist(config: Config):  # type: ignore[no-untyped-def]
+    from auditwatch.allowlist import Allowlist
+    return Allowlist.from_config(config.allowlist, include_defaults=config.use_default_allowlist)
+
+
+def _sink(outputs: Output) -> Callable[[Finding], None]:
+    human = sys.stderr.isatty()
+
+    def write(finding: Finding) -> None:
+        outputs.write(finding)
+        if human:
+            print(summary(finding), file=sys.stderr)
+    return write
+
+
+def make_pipeline(config: Config, live: Sequence[Sensor], hostname: str) -> Pipeline:
+    return Pipeline(hostname=hostname, live_sensors=live,
+                    window_ns=config.correlation.window_ms * 1_000_000,
+                    max_pending=config.correlation.max_pending,
+                    memfd_devs=hostinfo.memfd_devices(), allowlist=_allowlist(config),
+                    sha256_of=hostinfo.sha256_of_running_image)
+
+
+def _sources(config: Config, names: Sequence[Sensor]) -> list[Source]:
+    sources: list[Source] = []
+    for name in names:
+        if name == "bpf":
+            from auditwatch.sensors.bpf.sensor import BpfExecSource
+            sources.append(BpfExecSource())
+        elif name == "audit":
+            from auditwatch.sensors.audit_netlink import AuditNetlinkSource
+            sources.append(AuditNetlinkSource(rcvbuf=config.audit.netlink_rcvbuf))
+    return sources
+
+
+class _Signals:
+    def __init__(self) -> None:
+        self.stop = False
+        self.reload = False
+        signal.signal(signal.SIGTERM, self._on_stop)
+        signal.signal(signal.SIGINT, self._on_stop)
+        signal.signal(signal.SIGHUP, self._on_hup)
+
+    def _on_stop(self, _sig: int, _frame: FrameType | None) -> None:
+        self.stop = True
+
+    def _on_hup(self, _sig: int, _frame: FrameType | None) -> None:
+        self.reload = True
+
+
+def run(config_path: str | None, sensors: Sequence[str] | None, output_specs: Sequence[str] | None,
+        duration_s: float | None, *, sweep: bool = True) -> int:
+    config = _load(config_path)
+    setup_logging(config.log_level)
+    outputs = _outputs(config, output_specs)
+    wanted: list[Sensor] = list(sensors or config.sensors)  # type: ignore[arg-type]
+    required = frozenset(wanted) if sensors else frozenset()
+    hostname = hostinfo.hostname()
+
+    engine = Engine(_sources(config, wanted), Pipeline(hostname=hostname), _sink(outputs))
+    try:
+        for warning in engine.start(required=required):
+            logger.warning(warning)
+        live = [s.name for s in engine.active]
+        engine.pipeline = make_pipeline(config, live, hostname)
+        monitor = _health_monitor(engine, hostname)
+        engine.health = monitor
+        logger.info("auditwatch running: sensors={}", ",".join(live))
+        if sweep:
+            _sweep(engine)
+        _loop(engine, duration_s, config_path, output_specs, outputs, config)
+    finally:
+        engine.close()
+        outputs.close()
+    return 0
+
+
+def _health_monitor(engine: Engine, hostname: str):  # type: ignore[no-untyped-def]
+    from auditwatch.health import HealthMonitor, health_finding
+
+    monitor = HealthMonitor()
+    audit_rules_loaded = _RulesWatch()
+
+    def check(now_ns: int, counters: dict[Sensor, dict[str, int]],
+              infos: list[HealthInfo]) -> list[Finding]:
+        # Sensors report their own losses/tamper in detail; absorb folds them into the monitor's
+        # episodes so each is reported once.
+        found = monitor.absorb(infos)
+        for joined in engine.pipeline.joined:
+            found.extend(monitor.note(joined))
+        engine.pipeline.joined.clear()
+        found.extend(monitor.observe(now_ns, counters, _bpf_attached(engine),
+                                     audit_rules_loaded(engine)))
+        return [health_finding(info, hostname) for info in found]
+    return check
+
+
+def _bpf_attached(engine: Engine) -> bool | None:
+    for source in engine.active:
+        if source.name == "bpf":
+            return bool(source.attached())  # type: ignore[attr-defined]
+    return None
+
+
+class _RulesWatch:
+    """Whether our audit rules are in the kernel, asked of ``auditctl -l`` every few seconds: a
+    fallback for a rule removal the stream's CONFIG_CHANGE records did not show us."""
+
+    def __init__(self) -> None:
+        self._next = 0.0
+        self._loaded: bool | None = None
+
+    def __call__(self, engine: Engine) -> bool | None:
+        if not any(s.name == "audit" for s in engine.active):
+            return None
+        if time.monotonic() >= self._next:
+            from auditwatch.rules import rules_loaded
+            self._next = time.monotonic() + RULES_CHECK_INTERVAL_S
+            self._loaded = rules_loaded()
+        return self._loaded
+
+
+def _sweep(engine: Engine) -> None:
+    from auditwatch.sweep import sweep
+    for event in sweep():
+        for finding in engine.pipeline.feed(event):  # "sweep" is no live sensor: passes through
+            engine.sink(finding)
+
+
+def _loop(engine: Engine, duration_s: float | None, config_path: str | None,
+          output_specs: Sequence[str] | None, outputs: Output, config: Config) -> None:
+    signals = _Signals()
+    started = time.time()
+    deadline = None if duration_s is None else time.monotonic() + duration_s
+    next_status = 0.0
+    while not signals.stop and (deadline is None or time.monotonic() < deadline):
+        engine.pump()
+        if signals.reload:
+            signals.reload = False
+            config = _reload(engine, config, config_path, outputs)
+        if time.monotonic() >= next_status:
+            next_status = time.monotonic() + STATUS_INTERVAL_S
+            _publish_status(engine, outputs, started)
+        _log_suppressed(engine, config)
+    engine.drain()
+    _publish_status(engine, outputs, started)
+
+
+def _reload(engine: Engine, config: Config, config_path: str | None, outputs: Output) -> Config:
+    """SIGHUP: re-read the config (a broken one is reported and the old one stays) and reopen
+    the outputs (logrotate)."""
+    outputs.reopen()
+    if config_path is None:
+        return config
+    try:
+        new = _load(config_path)
+    except ConfigError as exc:
+        logger.error("config reload failed, keeping the previous configuration: {}", exc)
+        return config
+    setup_logging(new.log_level)
+    engine.pipeline.allowlist = _allowlist(new)
+    logger.info("configuration reloaded from {}", config_path)
+    return new
+
+
+def _log_suppressed(engine: Engine, config: Config) -> None:
+    if config.log_suppressed:
+        for s in engine.pipeline.suppressed:
+            logger.debug("suppressed by allow-list entry {!r}: {}", s.entry, summary(s.finding))
+    engine.pipeline.suppressed.clear()
+
+
+def _publish_status(engine: Engine, outputs: Output, started: float) -> None:
+    counters = engine.counters()
+    state = {
+        "pid": os.getpid(),
+        "started": started,
+        "sensors": {s.name: {"state": "live", "counters": counters.get(s.name, {})}
+                    for s in engine.active},
+        "stages": {"pipeline": counters["pipeline"], "outputs": outputs.counters()},
+    }
+    try:
+        write_status(state)
+    except OSError as exc:
+        logger.debug("cannot write status file: {}", exc)
+
+
+def scan(config_path: str | None, output_specs: Sequence[str] | None, files: Sequence[str]) -> int:
+    from auditwatch.audit.reader import Scanner, open_audit_logs
+
+    config = _load(config_path)
+    setup_logging(config.log_level)
+    outputs = _outputs(config, output_specs)
+    pipeline = make_pipeline(config, ["audit"], hostinfo.hostname())
+    scanner = Scanner()
+    try:
+        for event in scanner.events(open_audit_logs(list(files))):
+            for finding in pipeline.feed(event):
+                outputs.write(finding)
+        for finding in pipeline.flush_all():
+            outputs.write(finding)
+    finally:
+        outputs.close()
+    logger.info("scan: {} findings; parser counters {}", pipeline.counters.findings,
+                scanner.counters)
+    return 0

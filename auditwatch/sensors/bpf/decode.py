@@ -1,0 +1,123 @@
+"""Ring-buffer record -> ``ExecEvent``. Pure: bytes in, event out, no I/O, no clock.
+
+Every string the kernel hands over (names, paths, argv, comm) was chosen by whoever ran the exec
+and goes through ``auditwatch.text.decode_untrusted`` only. A record that is too short or whose
+lengths do not fit raises ``DecodeError``; the sensor counts those and carries on.
+
+``exe`` is written the way the kernel prints the path of an image (``/proc/PID/exe``):
+``/memfd:NAME (deleted)`` for a memfd, ``PATH (deleted)`` for an unlinked file, ``PATH`` otherwise.
+A path the walk could not finish (deeper than the kernel walk goes) starts with ``.../``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+
+from auditwatch.events import ExecEvent, FdTarget
+from auditwatch.sensors.bpf import abi
+from auditwatch.text import decode_untrusted
+
+MEMFD_PREFIX = b"memfd:"
+DELETED = " (deleted)"
+TRUNCATED_PATH_PREFIX = ".../"
+
+
+class DecodeError(ValueError):
+    """A record that cannot be a ``struct aw_exec_event``."""
+
+
+def _cstr(raw: bytes) -> bytes:
+    return raw.split(b"\0", 1)[0]
+
+
+def _names(rec: abi.ExecRecord) -> list[bytes]:
+    """The dentry names the kernel walked, leaf first."""
+    raw = ctypes.string_at(ctypes.addressof(rec) + abi.ExecRecord.path.offset, rec.path_len)
+    names = raw.split(b"\0")
+    return [n for n in names[: rec.depth] if n]
+
+
+def _argv(rec: abi.ExecRecord) -> tuple[str, ...]:
+    raw = ctypes.string_at(ctypes.addressof(rec) + abi.ExecRecord.argv.offset, rec.argv_len)
+    if raw.endswith(b"\0"):
+        raw = raw[:-1]
+    if not raw:
+        return ()
+    return tuple(decode_untrusted(a) for a in raw.split(b"\0"))
+
+
+def _exe(rec: abi.ExecRecord, names: list[bytes]) -> str:
+    path = "/" + "/".join(decode_untrusted(n) for n in reversed(names))
+    if rec.flags & abi.F_PATH_TRUNC:
+        path = TRUNCATED_PATH_PREFIX + path[1:]
+    if rec.nlink == 0:
+        path += DELETED
+    return path
+
+
+def _check(raw: bytes) -> abi.ExecRecord:
+    if len(raw) < abi.HEADER_SIZE:
+        raise DecodeError(f"record of {len(raw)} bytes, header needs {abi.HEADER_SIZE}")
+    if len(raw) > abi.RECORD_SIZE:
+        raise DecodeError(f"record of {len(raw)} bytes, larger than {abi.RECORD_SIZE}")
+    rec = abi.ExecRecord.from_buffer_copy(raw.ljust(abi.RECORD_SIZE, b"\0"))
+    if rec.argv_len > abi.ARGV_BUF or abi.HEADER_SIZE + rec.argv_len > len(raw):
+        raise DecodeError(f"argv_len {rec.argv_len} overruns a {len(raw)}-byte record")
+    if rec.path_len > abi.PATH_BUF:
+        raise DecodeError(f"path_len {rec.path_len} > {abi.PATH_BUF}")
+    if rec.reasons == 0:
+        raise DecodeError("record without a reason")
+    return rec
+
+
+def decode(raw: bytes, boot_to_wall_ns: int) -> ExecEvent:
+    """One ring-buffer record -> ``ExecEvent`` (``sensor="bpf"``).
+
+    ``boot_to_wall_ns``: wall clock minus CLOCK_BOOTTIME, in ns (the kernel stamps records with
+    ``bpf_ktime_get_boot_ns``); ``monotonic_ns`` keeps the raw stamp for correlation.
+    """
+    rec = _check(raw)
+    names = _names(rec)
+    leaf = names[0] if names else b""
+    memfd_name = None
+    # A real memfd's dentry is its own root (not reachable from any mount); a linked file that
+    # merely is called "memfd:x" is not a memfd.
+    if (rec.reasons & abi.R_MEMFD and rec.flags & abi.F_PATH_DETACHED
+            and leaf.startswith(MEMFD_PREFIX)):
+        memfd_name = decode_untrusted(leaf[len(MEMFD_PREFIX):])
+    exec_path = decode_untrusted(_cstr(rec.filename))
+    fd_target = None
+    if rec.reasons & abi.R_SCRIPT:
+        fd_target = FdTarget(path=exec_path, inode=rec.script_ino, dev=rec.script_dev,
+                             nlink=rec.script_nlink)
+    return ExecEvent(
+        sensor="bpf",
+        timestamp_ns=rec.boot_ns + boot_to_wall_ns,
+        pid=rec.pid,
+        tgid=rec.tgid,
+        ppid=rec.ppid,
+        uid=rec.uid,
+        euid=rec.euid,
+        comm=decode_untrusted(_cstr(rec.comm)),
+        exe=_exe(rec, names),
+        exec_path=exec_path,
+        argv=_argv(rec),
+        argv_truncated=bool(rec.flags & abi.F_ARGV_TRUNC),
+        inode=rec.ino,
+        dev=rec.dev,
+        nlink=rec.nlink,
+        memfd_name=memfd_name,
+        sb_magic=rec.sb_magic,
+        fd_target=fd_target,
+        ns_pid=rec.ns_pid,
+        ns_ppid=rec.ns_ppid,
+        mnt_ns=rec.mnt_ns or None,
+        pid_ns=rec.pid_ns or None,
+        cgroup=str(rec.cgroup_id) if rec.cgroup_id else None,
+        monotonic_ns=rec.boot_ns,
+    )
+
+
+def script_name(raw: bytes) -> str:
+    """The dentry name of a script event's file (``memfd:NAME``), for diagnostics."""
+    return decode_untrusted(_cstr(_check(raw).script_name))

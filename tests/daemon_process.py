@@ -1,0 +1,84 @@
+"""Run the real ``auditwatch`` daemon as a subprocess for end-to-end tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+READY_MARK = "auditwatch running"
+
+
+class Daemon:
+    """``auditwatch run`` writing JSON lines to a file; stderr collected for assertions."""
+
+    def __init__(self, tmp: Path, sensors: Sequence[str] | None, *extra: str) -> None:
+        self.out = tmp / "findings.jsonl"
+        self.status = tmp / "status.json"
+        args = [sys.executable, "-m", "auditwatch", "run", "--output", f"jsonl:{self.out}",
+                *extra]
+        if sensors:
+            args += ["--sensors", ",".join(sensors)]
+        env = {**os.environ, "AUDITWATCH_STATUS": str(self.status)}
+        self.proc = subprocess.Popen(args, stderr=subprocess.PIPE, text=True, env=env)
+        self.stderr: list[str] = []
+        self._ready = threading.Event()
+        threading.Thread(target=self._read_stderr, daemon=True).start()
+
+    def _read_stderr(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.stderr.append(line)
+            if READY_MARK in line:
+                self._ready.set()
+
+    def wait_ready(self, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not self._ready.wait(0.1):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError("daemon did not start:\n" + "".join(self.stderr))
+
+    def findings(self) -> list[dict[str, Any]]:
+        if not self.out.exists():
+            return []
+        lines = self.out.read_text(encoding="utf-8").splitlines()
+        return [json.loads(line) for line in lines if line.strip()]
+
+    def wait_for(self, predicate: Any, timeout: float = 8.0) -> list[dict[str, Any]]:
+        """Poll the output until ``predicate(findings)`` holds (bounded)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = self.findings()
+            if predicate(found) or time.monotonic() > deadline:
+                return found
+            time.sleep(0.1)
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            raise AssertionError("daemon ignored SIGTERM:\n" + "".join(self.stderr)) from None
+
+
+def args_of(finding: dict[str, Any]) -> dict[str, Any]:
+    return {a["name"]: a["value"] for a in finding["Event"]["args"]}
+
+
+def for_pid(findings: list[dict[str, Any]], pid: int, token: str) -> list[dict[str, Any]]:
+    return [f for f in findings if f["Event"]["hostProcessId"] == pid
+            and token in args_of(f)["argv"]]
+
+
+def with_token(findings: list[dict[str, Any]], token: str) -> list[dict[str, Any]]:
+    return [f for f in findings if f["Event"]["eventName"] == "sched_process_exec"
+            and any(token in a for a in args_of(f)["argv"])]
