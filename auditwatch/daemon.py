@@ -28,7 +28,7 @@ from auditwatch.events import Sensor
 from auditwatch.finding import Finding, HealthInfo, summary
 from auditwatch.logging_setup import setup_logging
 from auditwatch.outputs import build_outputs
-from auditwatch.outputs.base import Output
+from auditwatch.outputs.base import FanOut
 from auditwatch.pipeline import Pipeline
 from auditwatch.sensors.base import Source
 from auditwatch.status import write_status
@@ -44,7 +44,7 @@ def _load(config_path: str | None) -> Config:
     return config
 
 
-def _outputs(config: Config, specs: Sequence[str] | None) -> Output:
+def _outputs(config: Config, specs: Sequence[str] | None) -> FanOut:
     configs = [parse_output_spec(s) for s in specs] if specs else list(config.outputs)
     return build_outputs(configs)
 
@@ -54,7 +54,7 @@ def _allowlist(config: Config):  # type: ignore[no-untyped-def]
     return Allowlist.from_config(config.allowlist, include_defaults=config.use_default_allowlist)
 
 
-def _sink(outputs: Output) -> Callable[[Finding], None]:
+def _sink(outputs: FanOut) -> Callable[[Finding], None]:
     human = sys.stderr.isatty()
 
     def write(finding: Finding) -> None:
@@ -142,7 +142,10 @@ def _health_monitor(engine: Engine, hostname: str):  # type: ignore[no-untyped-d
         engine.pipeline.joined.clear()
         found.extend(monitor.observe(now_ns, counters, _bpf_attached(engine),
                                      audit_rules_loaded(engine)))
-        return [health_finding(info, hostname) for info in found]
+        findings = [health_finding(info, hostname) for info in found]
+        loaded = {s.name for s in engine.active}
+        findings += engine.pipeline.set_live_sensors(loaded - monitor.blinded())
+        return findings
     return check
 
 
@@ -179,7 +182,7 @@ def _sweep(engine: Engine) -> None:
 
 
 def _loop(engine: Engine, duration_s: float | None, config_path: str | None,
-          output_specs: Sequence[str] | None, outputs: Output, config: Config) -> None:
+          output_specs: Sequence[str] | None, outputs: FanOut, config: Config) -> None:
     signals = _Signals()
     started = time.time()
     deadline = None if duration_s is None else time.monotonic() + duration_s
@@ -191,13 +194,14 @@ def _loop(engine: Engine, duration_s: float | None, config_path: str | None,
             config = _reload(engine, config, config_path, outputs)
         if time.monotonic() >= next_status:
             next_status = time.monotonic() + STATUS_INTERVAL_S
+            _report_output_drops(engine, outputs)
             _publish_status(engine, outputs, started)
         _log_suppressed(engine, config)
     engine.drain()
     _publish_status(engine, outputs, started)
 
 
-def _reload(engine: Engine, config: Config, config_path: str | None, outputs: Output) -> Config:
+def _reload(engine: Engine, config: Config, config_path: str | None, outputs: FanOut) -> Config:
     """SIGHUP: re-read the config (a broken one is reported and the old one stays) and reopen
     the outputs (logrotate)."""
     outputs.reopen()
@@ -214,6 +218,19 @@ def _reload(engine: Engine, config: Config, config_path: str | None, outputs: Ou
     return new
 
 
+def _report_output_drops(engine: Engine, outputs: FanOut) -> None:
+    """A slow or absent receiver drops findings instead of blocking detection: say so, on every
+    output (the others still work), as a health finding."""
+    from auditwatch.health import health_finding
+
+    for name, count in outputs.new_drops().items():
+        message = f"output {name} dropped {count} finding(s) (receiver slow or unreachable)"
+        logger.warning(message)
+        info = HealthInfo(kind="output_dropped", message=message, count=count,
+                          timestamp_ns=time.time_ns())
+        engine.sink(health_finding(info, engine.pipeline.hostname))
+
+
 def _log_suppressed(engine: Engine, config: Config) -> None:
     if config.log_suppressed:
         for s in engine.pipeline.suppressed:
@@ -221,7 +238,7 @@ def _log_suppressed(engine: Engine, config: Config) -> None:
     engine.pipeline.suppressed.clear()
 
 
-def _publish_status(engine: Engine, outputs: Output, started: float) -> None:
+def _publish_status(engine: Engine, outputs: FanOut, started: float) -> None:
     counters = engine.counters()
     state = {
         "pid": os.getpid(),

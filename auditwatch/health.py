@@ -73,6 +73,9 @@ RECOVERED_SUFFIX: Final = "_recovered"
 _TRACKED_KINDS: Final = frozenset({"audit_records_lost", "bpf_events_lost", "bpf_detached",
                                    "audit_rules_removed"})
 
+_BLINDING_KINDS: Final = frozenset({"bpf_detached", "bpf_blind", "audit_rules_removed",
+                                    "audit_blind"})
+
 _MESSAGES: Final[dict[str, str]] = {
     "sensor_disagreement": "fileless exec seen by one sensor only: the {sensor} sensor missed it",
     "bpf_blind": "BPF probe saw no exec for {secs:g}s while audit saw {count}; "
@@ -132,6 +135,12 @@ class HealthMonitor:
     def active(self) -> list[tuple[str, Sensor | None]]:
         """Conditions in force now, as (kind, sensor): for ``auditwatch status``."""
         return list(self._active)
+
+    def blinded(self) -> frozenset[Sensor]:
+        """Sensors that cannot see execs now (detached probe, removed rules, no execs while the
+        other sensor sees them): correlation should stop waiting for them."""
+        return frozenset(sensor for kind, sensor in self._active
+                         if kind in _BLINDING_KINDS and sensor is not None)
 
     def absorb(self, infos: Iterable[HealthInfo]) -> list[HealthInfo]:
         """Sensors' own observations (``Source.take_health()``); call before ``observe``.
@@ -216,7 +225,9 @@ class HealthMonitor:
             return []
         secs = (now_ns - base.ts_ns) / 1e9
         out: list[HealthInfo] = []
-        for blind, other, kind in (("bpf", "audit", "bpf_blind"), ("audit", "bpf", "audit_blind")):
+        pairs: tuple[tuple[Sensor, Sensor, str], ...] = (("bpf", "audit", "bpf_blind"),
+                                                         ("audit", "bpf", "audit_blind"))
+        for blind, other, kind in pairs:
             d_blind = execs[blind] - base.execs[blind]
             d_other = execs[other] - base.execs[other]
             if d_blind == 0 and d_other >= self.min_execs:

@@ -41,7 +41,7 @@ class Suppressed:
 
 
 class Pipeline:
-    def __init__(self, *, hostname: str, live_sensors: Collection[Sensor] = ("audit",),
+    def __init__(self, *, hostname: str, live_sensors: Collection[Sensor] = frozenset({"audit"}),
                  window_ns: int | None = None, max_pending: int | None = None,
                  memfd_devs: Collection[int] = (), allowlist: Suppressor | None = None,
                  sha256_of: Callable[[ExecEvent], str | None] | None = None) -> None:
@@ -60,6 +60,12 @@ class Pipeline:
     def feed(self, event: ExecEvent) -> list[Finding]:
         self.counters.candidates += 1
         return self._detect(self.correlator.feed(event))
+
+    def set_live_sensors(self, live: Collection[Sensor]) -> list[Finding]:
+        """A sensor went blind or came back: stop (or start again) waiting for its events."""
+        if frozenset(live) == self.correlator.live_sensors:
+            return []
+        return self._detect(self.correlator.set_live_sensors(frozenset(live)))
 
     def flush(self, now_ns: int) -> list[Finding]:
         return self._detect(self.correlator.flush(now_ns))

@@ -64,7 +64,7 @@ def main(sensors: Sequence[str] | None) -> int:
     hostname = hostinfo.hostname()
     engine = Engine(daemon._sources(config, wanted), Pipeline(hostname=hostname), found.append)
     try:
-        for warning in engine.start(required=frozenset(sensors or ())):
+        for warning in engine.start(required=frozenset(wanted) if sensors else frozenset()):
             print(f"auditwatch selftest: {warning}", file=sys.stderr)
         live = [s.name for s in engine.active]
         engine.pipeline = daemon.make_pipeline(config, live, hostname)

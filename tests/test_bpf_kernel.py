@@ -83,6 +83,119 @@ def test_negative_scenario_gives_no_event(source: BpfExecSource, name: str) -> N
     assert [e for e in with_marker(source) if e.pid == result.pid] == []
 
 
+def test_loader_memfd_is_one_loader_event(source: BpfExecSource) -> None:
+    tag = scenarios.token()
+    result = scenarios.loader_memfd(tag)
+    assert result.exit_status == 0
+    mine = [e for e in with_marker(source) if e.pid == result.pid]
+    assert len(mine) == 1, mine
+    (event,) = mine
+    assert trc105.detect(event) == "loader"
+    assert trc105.is_loader(event.exe) and event.nlink == 1 and event.memfd_name is None
+    assert event.exec_path == scenarios.LOADER_PATH
+    assert event.argv == result.argv
+    assert event.fd_target is not None
+    assert event.fd_target.path == result.argv[1]
+    assert event.fd_target.nlink == 0
+    assert event.fd_target.dev == _memfd_dev()
+    assert event.fd_target.inode
+
+
+@pytest.mark.parametrize("name", ["loader_list", "loader_disk"])
+def test_loader_of_disk_file_gives_no_event(source: BpfExecSource, name: str) -> None:
+    result = getattr(scenarios, name)(scenarios.token())
+    assert result.exit_status == 0
+    assert [e for e in with_marker(source) if e.pid == result.pid] == []
+
+
+def _memfd_dev() -> int:
+    memfd = os.memfd_create("probe")
+    try:
+        st = os.fstat(memfd)
+    finally:
+        os.close(memfd)
+    return os.major(st.st_dev) << 20 | os.minor(st.st_dev)
+
+
+def _run_loader(args: list[str], program: str = "memfd") -> tuple[int, list[str], str]:
+    """ld.so ARGS, where "{prog}" in ARGS is the fd path of a copy of /bin/true held in a memfd
+    (or an unlinked file, or /bin/true itself). Returns (pid, argv, fd path)."""
+    if program == "memfd":
+        fd = os.memfd_create("aw-loader-test", 0)
+        with open(scenarios.TRUE_BINARY, "rb") as f:
+            os.write(fd, f.read())
+    elif program == "unlinked":
+        d = tempfile.mkdtemp(prefix="aw-loader-")
+        path = os.path.join(d, "payload")
+        with open(scenarios.TRUE_BINARY, "rb") as src, open(path, "wb") as dst:
+            dst.write(src.read())
+        fd = os.open(path, os.O_RDONLY)
+        os.unlink(path)
+        os.rmdir(d)
+    else:
+        fd = os.open(scenarios.TRUE_BINARY, os.O_RDONLY)
+    os.set_inheritable(fd, True)
+    argv = [scenarios.LOADER_PATH, *(a.format(fd=fd) for a in args)]
+    fd_path = next((a for a in argv[1:] if trc105.is_fd_path(a)), "")
+    try:
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
+                os.dup2(1, 2)
+                os.execv(scenarios.LOADER_PATH, argv)
+            finally:
+                os._exit(127)
+        os.waitpid(pid, 0)
+    finally:
+        os.close(fd)
+    return pid, argv, fd_path
+
+
+_LONG = "/nonexistent/" + "x" * 300
+
+
+@pytest.mark.parametrize(("args", "program", "argi"), [
+    (["/dev/fd/{fd}", "TAG"], "memfd", 1),
+    (["/proc/thread-self/fd/{fd}", "TAG"], "memfd", 1),
+    (["/proc/self/fd/{fd}", "TAG"], "unlinked", 1),
+    (["--inhibit-cache", "--library-path", _LONG, "--preload", "", "--argv0", "x",
+      "/proc/self/fd/{fd}", "TAG"], "memfd", 8),
+    (["--glibc-hwcaps-mask", "x", "--inhibit-rpath", "", "--audit", "",
+      "--glibc-hwcaps-prepend", "y", "/dev/fd/{fd}", "TAG"], "memfd", 9),
+    (["--list", "/proc/self/fd/{fd}", "TAG"], "memfd", 2),
+    (["--verify", "/proc/self/fd/{fd}", "TAG"], "memfd", 2),
+], ids=["dev-fd", "thread-self", "unlinked", "options", "more-options", "list-memfd",
+        "verify-memfd"])
+def test_loader_variants_are_reported(source: BpfExecSource, args: list[str], program: str,
+                                      argi: int) -> None:
+    tag = scenarios.token()
+    pid, argv, fd_path = _run_loader([tag if a == "TAG" else a for a in args], program)
+    (event,) = [e for e in with_marker(source) if e.pid == pid]
+    assert trc105.detect(event) == "loader"
+    assert event.argv == tuple(argv)
+    assert event.fd_target is not None
+    assert event.fd_target.path == fd_path == argv[argi]
+    assert event.fd_target.nlink == 0
+
+
+@pytest.mark.parametrize(("args", "program"), [
+    (["/proc/self/fd/{fd}", "TAG"], "disk"),
+    (["--argv0", "/proc/self/fd/{fd}", "/bin/true", "TAG"], "memfd"),    # an option's value
+    (["--preload", "/dev/fd/{fd}", "/bin/true", "TAG"], "memfd"),
+    (["--help", "/proc/self/fd/{fd}", "TAG"], "memfd"),                 # ld.so runs nothing
+    (["--bogus", "/proc/self/fd/{fd}", "TAG"], "memfd"),
+    (["--library-path=/lib", "/proc/self/fd/{fd}", "TAG"], "memfd"),
+    (["/bin/true", "/proc/self/fd/{fd}", "TAG"], "memfd"),              # an argument of the program
+    (["/proc/1/fd/{fd}", "TAG"], "memfd"),                              # not its own fd table
+], ids=["disk-fd", "argv0-value", "preload-value", "help", "unknown-option", "joined-option",
+        "program-arg", "other-pid"])
+def test_loader_look_alikes_give_no_event(source: BpfExecSource, args: list[str],
+                                          program: str) -> None:
+    pid, _, _ = _run_loader([scenarios.token() if a == "TAG" else a for a in args], program)
+    assert [e for e in with_marker(source) if e.pid == pid] == []
+
+
 def test_memfd_event_details(source: BpfExecSource) -> None:
     tag = scenarios.token()
     result = scenarios.memfd_execveat(tag, memfd_name=b"evil\nname\"\xff")
@@ -203,7 +316,8 @@ def test_each_attach_mode_works(tracefs: None, exec_mode: str, script_mode: str)
         assert (src.attachment.exec_mode, src.attachment.script_mode) == (exec_mode, script_mode)
         before = src.counters()["scripts_stashed"]
         for scenario in (scenarios.memfd_execveat, scenarios.memfd_script, scenarios.tmp_script,
-                         scenarios.linked_proc_fd_exec):
+                         scenarios.linked_proc_fd_exec, scenarios.loader_memfd,
+                         scenarios.loader_disk):
             tag = scenarios.token()
             result = scenario(tag)
             events = [e for e in with_marker(src) if e.pid == result.pid]

@@ -25,6 +25,7 @@ R_NLINK0: Final = 1
 R_MEMFD: Final = 2
 R_SHM: Final = 4
 R_SCRIPT: Final = 8
+R_LOADER: Final = 16   # ld.so runs a program named by an fd path (argv[script_argi])
 
 # flags
 F_ARGV_TRUNC: Final = 1
@@ -71,7 +72,7 @@ class ExecRecord(ctypes.Structure):
         ("path_len", ctypes.c_uint16),
         ("depth", ctypes.c_uint16),
         ("argv_len", ctypes.c_uint16),
-        ("pad1", ctypes.c_uint16),
+        ("script_argi", ctypes.c_uint16),
         ("comm", ctypes.c_char * COMM_LEN),
         ("filename", ctypes.c_char * FILENAME_BUF),
         ("script_name", ctypes.c_char * NAME_BUF),

@@ -86,10 +86,17 @@ def decode(raw: bytes, boot_to_wall_ns: int) -> ExecEvent:
             and leaf.startswith(MEMFD_PREFIX)):
         memfd_name = decode_untrusted(leaf[len(MEMFD_PREFIX):])
     exec_path = decode_untrusted(_cstr(rec.filename))
+    argv = _argv(rec)
     fd_target = None
     if rec.reasons & abi.R_SCRIPT:
         fd_target = FdTarget(path=exec_path, inode=rec.script_ino, dev=rec.script_dev,
                              nlink=rec.script_nlink)
+    elif rec.reasons & abi.R_LOADER:
+        # ld.so [OPTIONS] PROGRAM: the kernel names PROGRAM's argv index.
+        if not 0 < rec.script_argi < len(argv):
+            raise DecodeError(f"loader record: argv index {rec.script_argi} of {len(argv)}")
+        fd_target = FdTarget(path=argv[rec.script_argi], inode=rec.script_ino,
+                             dev=rec.script_dev, nlink=rec.script_nlink)
     return ExecEvent(
         sensor="bpf",
         timestamp_ns=rec.boot_ns + boot_to_wall_ns,
@@ -101,7 +108,7 @@ def decode(raw: bytes, boot_to_wall_ns: int) -> ExecEvent:
         comm=decode_untrusted(_cstr(rec.comm)),
         exe=_exe(rec, names),
         exec_path=exec_path,
-        argv=_argv(rec),
+        argv=argv,
         argv_truncated=bool(rec.flags & abi.F_ARGV_TRUNC),
         inode=rec.ino,
         dev=rec.dev,
@@ -119,5 +126,6 @@ def decode(raw: bytes, boot_to_wall_ns: int) -> ExecEvent:
 
 
 def script_name(raw: bytes) -> str:
-    """The dentry name of a script event's file (``memfd:NAME``), for diagnostics."""
+    """The dentry name of a script (or loader) event's fd target (``memfd:NAME``), for
+    diagnostics."""
     return decode_untrusted(_cstr(_check(raw).script_name))

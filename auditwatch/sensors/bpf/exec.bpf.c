@@ -18,6 +18,10 @@
  * AT_EMPTY_PATH) to a file that is not the image (a shebang script) and that file has nlink 0 or
  * is a memfd. The shm test is by path, not by a superblock learned in user space, so a
  * container's own /dev/shm (another tmpfs) is recognised as Tracee does (path prefix).
+ * Loader: when the image's dentry name is a dynamic loader's (ld-*.so*, ld.so*: one 8-byte name
+ * read decides for every other exec), the program ld.so will map is the first argv string after
+ * argv[0] and the loader's options; when it is an fd path whose file has nlink 0 or is a memfd,
+ * the record carries it as the fd target (R_LOADER, script_* fields, script_argi its argv index).
  *
  * The event layout is mirrored by abi.py (ctypes); tests compare both with this object's BTF.
  * Timestamps are bpf_ktime_get_boot_ns() (CLOCK_BOOTTIME); user space adds wall - boottime.
@@ -41,6 +45,8 @@ char LICENSE[] SEC("license") = "GPL";
 #define ARGV_BUF 4096
 #define MAX_DEPTH 24            /* dentries walked (mount crossings included) */
 #define FDPATH_BUF 64
+#define LOADER_MAX_ARGS 12      /* argv strings looked at for the loader's program (argv[0] incl.) */
+#define LOADER_STEPS (ARGV_BUF / (FDPATH_BUF - 1) + LOADER_MAX_ARGS + 2)
 
 #define TMPFS_MAGIC 0x01021994
 #define AT_EMPTY_PATH 0x1000
@@ -52,6 +58,7 @@ char LICENSE[] SEC("license") = "GPL";
 #define R_MEMFD 2
 #define R_SHM 4
 #define R_SCRIPT 8
+#define R_LOADER 16             /* ld.so runs a program named by an fd path: the script_* fields */
 
 /* flags */
 #define F_ARGV_TRUNC 1
@@ -89,7 +96,7 @@ struct aw_exec_event {
 	u16 path_len;           /* bytes of path[] used: NUL-terminated names, leaf first */
 	u16 depth;              /* number of names in path[] */
 	u16 argv_len;           /* bytes of argv[] sent (the record ends there) */
-	u16 pad1;
+	u16 script_argi;        /* R_LOADER: index of the argv string naming the fd target */
 	char comm[COMM_LEN];
 	char filename[FILENAME_BUF];
 	char script_name[NAME_BUF];
@@ -157,6 +164,43 @@ static __always_inline int is_memfd_name(const unsigned char *name)
 		return 0;
 	return p[0] == 'm' && p[1] == 'e' && p[2] == 'm' && p[3] == 'f' && p[4] == 'd' &&
 	       p[5] == ':';
+}
+
+#define K_MEMFD 1
+#define K_LOADER 2              /* "ld-" or "ld.so" prefix: is_loader_name() decides */
+
+/* The image's dentry name, first 8 bytes: memfd:... or possibly a dynamic loader. */
+static __always_inline u32 image_name_kind(const unsigned char *name)
+{
+	char p[8] = {};
+
+	if (bpf_probe_read_kernel(p, sizeof(p), name))
+		return 0;
+	if (p[0] == 'm' && p[1] == 'e' && p[2] == 'm' && p[3] == 'f' && p[4] == 'd' && p[5] == ':')
+		return K_MEMFD;
+	if (p[0] == 'l' && p[1] == 'd' &&
+	    (p[2] == '-' || (p[2] == '.' && p[3] == 's' && p[4] == 'o')))
+		return K_LOADER;
+	return 0;
+}
+
+/* trc105.is_loader on a dentry name with an "ld-"/"ld.so" prefix: ld.so*, or ld-*.so* (which
+ * covers ld-linux*.so* and ld-musl-*.so*). Names past 63 bytes are judged on their start. */
+static __always_inline int is_loader_name(const unsigned char *name)
+{
+	char n[FDPATH_BUF] = {};
+
+	if (bpf_probe_read_kernel_str(n, sizeof(n), name) <= 0)
+		return 0;
+	if (n[2] == '.')
+		return 1;       /* ld.so* */
+	for (int i = 3; i < FDPATH_BUF - 3; i++) {
+		if (n[i] == 0)
+			return 0;
+		if (n[i] == '.' && n[i + 1] == 's' && n[i + 2] == 'o')
+			return 1;
+	}
+	return 0;
 }
 
 static __always_inline int is_name(const char *buf, u32 off, char a, char b, char c)
@@ -364,19 +408,18 @@ static __always_inline void read_argv(struct aw_exec_event *e, struct task_struc
 	e->argv_len = len;
 }
 
-/* A shebang script run through an fd path: the fd is still open in the new image (a script
- * whose fd was close-on-exec cannot be read by its interpreter, so it cannot run). When the fd's
- * file is not the image (the interpreter) and has nlink 0 or is a memfd, it is the script. */
-static __always_inline u32 script_from_fdtable(struct aw_exec_event *e, const char *filename)
+/* The file behind an fd path s (FDPATH_BUF bytes, NUL-terminated) in the new image's fd table:
+ * when it is not the image and has nlink 0 or is a memfd, fill the script_* fields and return 1.
+ * Shared by shebang scripts (s is bprm->filename) and the loader (s is its program argument). */
+static __always_inline int fd_target_from_path(struct aw_exec_event *e, const char *s)
 {
-	char s[FDPATH_BUF] = {};
 	u64 id = bpf_get_current_pid_tgid();
 	struct file *file;
 	struct inode *inode;
 	const unsigned char *name;
 	int fd;
 
-	if (bpf_probe_read_kernel_str(s, sizeof(s), filename) <= 0 || (s[1] != 'd' && s[1] != 'p'))
+	if (s[0] != '/' || (s[1] != 'd' && s[1] != 'p'))
 		return 0;
 	fd = parse_fd_path(s, id >> 32, (u32)id);
 	if (fd < 0)
@@ -388,7 +431,7 @@ static __always_inline u32 script_from_fdtable(struct aw_exec_event *e, const ch
 	e->script_ino = BPF_CORE_READ(inode, i_ino);
 	e->script_dev = BPF_CORE_READ(inode, i_sb, s_dev);
 	if (e->script_ino == e->ino && e->script_dev == e->dev)
-		return 0;       /* the image itself: not a script */
+		return 0;       /* the image itself */
 	name = BPF_CORE_READ(file, f_path.dentry, d_name.name);
 	e->script_nlink = BPF_CORE_READ(inode, i_nlink);
 	if (is_memfd_name(name))
@@ -398,7 +441,110 @@ static __always_inline u32 script_from_fdtable(struct aw_exec_event *e, const ch
 	e->script_sb_magic = BPF_CORE_READ(inode, i_sb, s_magic);
 	e->script_fd = fd;
 	bpf_probe_read_kernel_str(e->script_name, sizeof(e->script_name), name);
-	return R_SCRIPT;
+	return 1;
+}
+
+/* A shebang script run through an fd path: the fd is still open in the new image (a script
+ * whose fd was close-on-exec cannot be read by its interpreter, so it cannot run). When the fd's
+ * file is not the image (the interpreter) and has nlink 0 or is a memfd, it is the script. */
+static __always_inline u32 script_from_fdtable(struct aw_exec_event *e, const char *filename)
+{
+	char s[FDPATH_BUF] = {};
+
+	if (bpf_probe_read_kernel_str(s, sizeof(s), filename) <= 0)
+		return 0;
+	return fd_target_from_path(e, s) ? R_SCRIPT : 0;
+}
+
+/* "--opt" of glibc's / musl's ld.so: 1 takes no value, 2 takes the next argv string as value,
+ * 0 anything else (--help, --version, --list-tunables, an unknown option: ld.so runs nothing). */
+#define OPT(lit) (sizeof(lit) <= FDPATH_BUF && prefix(s, lit, sizeof(lit)))
+static __always_inline u32 loader_option(const char *s)
+{
+	switch (s[2]) {
+	case 'l':
+		if (OPT("--list"))
+			return 1;
+		if (OPT("--library-path"))
+			return 2;
+		return 0;
+	case 'v':
+		return OPT("--verify");
+	case 'i':
+		if (OPT("--inhibit-cache"))
+			return 1;
+		return OPT("--inhibit-rpath") ? 2 : 0;
+	case 'p':
+		return OPT("--preload") ? 2 : 0;
+	case 'a':
+		return OPT("--argv0") || OPT("--audit") ? 2 : 0;
+	case 'g':
+		return OPT("--glibc-hwcaps-prepend") || OPT("--glibc-hwcaps-mask") ? 2 : 0;
+	}
+	return 0;
+}
+#undef OPT
+
+struct argscan {
+	struct aw_exec_event *e;
+	u32 off;                /* next byte of e->argv to read */
+	u32 argi;               /* index of the argv string at off */
+	u32 skip;               /* option values still to pass over */
+	u32 mid;                /* off is inside a long string, not at its start */
+	u32 found;              /* R_LOADER once the program's fd target qualified */
+};
+
+/* One step of the loader's argv scan: one chunk of up to FDPATH_BUF - 1 bytes of one string. */
+static long argscan_step(u64 index, struct argscan *a)
+{
+	struct aw_exec_event *e = a->e;
+	char s[FDPATH_BUF] = {};
+	u32 off = a->off, len = e->argv_len;
+	long n;
+
+	if (off >= len || off >= ARGV_BUF)
+		return 1;
+	n = bpf_probe_read_kernel_str(s, sizeof(s), &e->argv[off & (ARGV_BUF - 1)]);
+	if (n <= 0 || off + n > len)
+		return 1;       /* runs past the argv copied (truncated, or stale scratch bytes) */
+	if (!a->mid && a->argi > 0) {
+		if (a->skip) {
+			a->skip--;
+		} else if (s[0] == '-' && s[1] == '-') {
+			u32 k = loader_option(s);
+
+			if (!k)
+				return 1;
+			a->skip = k - 1;
+		} else {
+			/* the program: a whole string (fd paths are short) */
+			if (n < FDPATH_BUF && fd_target_from_path(e, s)) {
+				e->script_argi = a->argi;
+				a->found = R_LOADER;
+			}
+			return 1;
+		}
+	}
+	if (n < FDPATH_BUF) {   /* the string ended in this chunk */
+		a->off = off + n;
+		a->mid = 0;
+		if (++a->argi >= LOADER_MAX_ARGS)
+			return 1;
+	} else {
+		a->off = off + FDPATH_BUF - 1;
+		a->mid = 1;
+	}
+	return 0;
+}
+
+/* ld.so [OPTIONS] PROGRAM ARGS: PROGRAM's fd target, from the argv already in e. */
+static __always_inline u32 loader_from_argv(struct aw_exec_event *e)
+{
+	struct argscan a = {};
+
+	a.e = e;
+	bpf_loop(LOADER_STEPS, argscan_step, &a, 0);
+	return a.found;
 }
 
 /* The common body: file is the image being run (bprm->file), filename is bprm->filename. */
@@ -408,7 +554,7 @@ static __always_inline int on_exec(struct file *file, const char *filename, u32 
 	struct aw_fd_stash *st;
 	struct aw_exec_event *e;
 	struct inode *inode;
-	u32 zero = 0, reasons = 0;
+	u32 zero = 0, reasons = 0, kind, have_argv = 0;
 
 	count(C_EXECS);
 	e = bpf_map_lookup_elem(&event_scratch, &zero);
@@ -422,8 +568,11 @@ static __always_inline int on_exec(struct file *file, const char *filename, u32 
 	e->sb_magic = BPF_CORE_READ(inode, i_sb, s_magic);
 	if (e->nlink == 0)
 		reasons |= R_NLINK0;
-	if (is_memfd_name(BPF_CORE_READ(file, f_path.dentry, d_name.name)))
+	const unsigned char *name = BPF_CORE_READ(file, f_path.dentry, d_name.name);
+	kind = image_name_kind(name);
+	if (kind == K_MEMFD)
 		reasons |= R_MEMFD;
+	e->script_argi = 0;
 
 	st = bpf_map_lookup_elem(&fd_stash, &old_pid);
 	if (st) {
@@ -442,7 +591,12 @@ static __always_inline int on_exec(struct file *file, const char *filename, u32 
 	} else {
 		reasons |= script_from_fdtable(e, filename);
 	}
-	if (!(reasons & R_SCRIPT)) {
+	if (kind == K_LOADER && !(reasons & R_SCRIPT) && is_loader_name(name)) {
+		read_argv(e, task);
+		have_argv = 1;
+		reasons |= loader_from_argv(e);
+	}
+	if (!(reasons & (R_SCRIPT | R_LOADER))) {
 		e->script_ino = 0;
 		e->script_sb_magic = 0;
 		e->script_dev = 0;
@@ -460,10 +614,10 @@ static __always_inline int on_exec(struct file *file, const char *filename, u32 
 	e->boot_ns = bpf_ktime_get_boot_ns();
 	e->old_pid = old_pid;
 	e->pad0 = 0;
-	e->pad1 = 0;
 	fill_task(e, task);
 	bpf_probe_read_kernel_str(e->filename, sizeof(e->filename), filename);
-	read_argv(e, task);
+	if (!have_argv)
+		read_argv(e, task);
 
 	u64 size = offsetof(struct aw_exec_event, argv) + (e->argv_len & (2 * ARGV_BUF - 1));
 	if (size > sizeof(*e))
