@@ -16,16 +16,18 @@ from types import FrameType
 from loguru import logger
 
 from auditwatch import hostinfo
+from auditwatch.allowlist import Allowlist
 from auditwatch.config import (
     Config,
     check_config_permissions,
     load_config,
     parse_output_spec,
 )
-from auditwatch.engine import Engine
+from auditwatch.engine import Engine, HealthHook
 from auditwatch.errors import ConfigError
 from auditwatch.events import Sensor
 from auditwatch.finding import Finding, HealthInfo, summary
+from auditwatch.health import HealthMonitor, health_finding
 from auditwatch.logging_setup import setup_logging
 from auditwatch.outputs import build_outputs
 from auditwatch.outputs.base import FanOut
@@ -49,8 +51,7 @@ def _outputs(config: Config, specs: Sequence[str] | None) -> FanOut:
     return build_outputs(configs)
 
 
-def _allowlist(config: Config):  # type: ignore[no-untyped-def]
-    from auditwatch.allowlist import Allowlist
+def _allowlist(config: Config) -> Allowlist:
     return Allowlist.from_config(config.allowlist, include_defaults=config.use_default_allowlist)
 
 
@@ -126,8 +127,7 @@ def run(config_path: str | None, sensors: Sequence[str] | None, output_specs: Se
     return 0
 
 
-def _health_monitor(engine: Engine, hostname: str):  # type: ignore[no-untyped-def]
-    from auditwatch.health import HealthMonitor, health_finding
+def _health_monitor(engine: Engine, hostname: str) -> HealthHook:
 
     monitor = HealthMonitor()
     audit_rules_loaded = _RulesWatch()
@@ -221,8 +221,6 @@ def _reload(engine: Engine, config: Config, config_path: str | None, outputs: Fa
 def _report_output_drops(engine: Engine, outputs: FanOut) -> None:
     """A slow or absent receiver drops findings instead of blocking detection: say so, on every
     output (the others still work), as a health finding."""
-    from auditwatch.health import health_finding
-
     for name, count in outputs.new_drops().items():
         message = f"output {name} dropped {count} finding(s) (receiver slow or unreachable)"
         logger.warning(message)

@@ -35,6 +35,7 @@ class Rec:
     comm: bytes = b"true"
     script: dict[str, int] = field(default_factory=dict)
     script_name: bytes = b""
+    script_argi: int = 0
     argv_len: int | None = None
 
     def build(self) -> abi.ExecRecord:
@@ -61,11 +62,15 @@ class Rec:
             r.script_nlink = self.script["nlink"]
             r.script_fd = self.script["fd"]
             r.script_name = self.script_name
+        r.script_argi = self.script_argi
         return r
 
     def raw(self) -> bytes:
         return abi.record_bytes(self.build())
 
+
+LOADER = b"/lib64/ld-linux-x86-64.so.2"
+LOADER_NAMES = [b"ld-linux-x86-64.so.2", b"x86_64-linux-gnu", b"lib", b"usr"]
 
 MEMFD = Rec([b"memfd:payload"], b"/dev/fd/3", [b"true", b"aw-1"],
             abi.R_NLINK0 | abi.R_MEMFD, flags=abi.F_PATH_DETACHED)
@@ -105,6 +110,31 @@ CASES = [
       "fd_target": FdTarget(path="/dev/fd/15", inode=1068, dev=MEMFD_DEV, nlink=0),
       "argv": ("/bin/sh", "/dev/fd/15", "aw-4")},
      "memfd-script"),
+    ("loader runs a memfd",
+     Rec(LOADER_NAMES, LOADER, [LOADER, b"/proc/self/fd/3", b"aw-5"], abi.R_LOADER, nlink=1,
+         dev=DISK_DEV, sb_magic=EXT4, flags=abi.F_SCRIPT_MEMFD,
+         script={"ino": 2051, "dev": MEMFD_DEV, "nlink": 0, "fd": 3},
+         script_name=b"memfd:auditwatch-loader", script_argi=1),
+     {"exe": "/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2", "memfd_name": None, "nlink": 1,
+      "exec_path": "/lib64/ld-linux-x86-64.so.2",
+      "fd_target": FdTarget(path="/proc/self/fd/3", inode=2051, dev=MEMFD_DEV, nlink=0),
+      "argv": ("/lib64/ld-linux-x86-64.so.2", "/proc/self/fd/3", "aw-5")},
+     "loader"),
+    ("loader after options runs an unlinked file",
+     Rec(LOADER_NAMES, LOADER,
+         [LOADER, b"--library-path", b"/opt/lib", b"--list", b"/dev/fd/7", b"aw-6"],
+         abi.R_LOADER, nlink=1, dev=DISK_DEV, sb_magic=EXT4,
+         script={"ino": 99, "dev": DISK_DEV, "nlink": 0, "fd": 7}, script_name=b"payload",
+         script_argi=4),
+     {"fd_target": FdTarget(path="/dev/fd/7", inode=99, dev=DISK_DEV, nlink=0)},
+     "loader"),
+    ("musl loader",
+     Rec([b"ld-musl-x86_64.so.1", b"lib"], b"/lib/ld-musl-x86_64.so.1",
+         [b"ld", b"/proc/42/fd/3"], abi.R_LOADER, nlink=1, dev=DISK_DEV,
+         script={"ino": 5, "dev": MEMFD_DEV, "nlink": 0, "fd": 3}, script_argi=1),
+     {"exe": "/lib/ld-musl-x86_64.so.1", "fd_target": FdTarget(
+         path="/proc/42/fd/3", inode=5, dev=MEMFD_DEV, nlink=0)},
+     "loader"),
     ("truncated argv",
      Rec([b"memfd:big"], b"/dev/fd/3", [b"true", b"A" * 5000], abi.R_NLINK0 | abi.R_MEMFD,
          flags=abi.F_PATH_DETACHED | abi.F_ARGV_TRUNC, argv_len=abi.ARGV_BUF),
@@ -150,7 +180,7 @@ def test_common_fields() -> None:
 
 
 def test_truncated_argv_keeps_partial_last_arg() -> None:
-    rec = CASES[7][1]
+    rec = next(c[1] for c in CASES if c[0] == "truncated argv")
     event = decode(rec.raw(), 0)
     assert event.argv[0] == "true"
     assert event.argv[1] == "A" * (abi.ARGV_BUF - len(b"true\0"))
@@ -171,6 +201,10 @@ def _broken(mutate: str) -> bytes:
     if mutate == "path_len":
         r.path_len = abi.PATH_BUF + 1
         return abi.record_bytes(r)
+    if mutate.startswith("loader_argi_"):
+        r.reasons = abi.R_LOADER
+        r.script_argi = int(mutate.rsplit("_", 1)[1])   # argv is ("true", "aw-1")
+        return abi.record_bytes(r)
     if mutate == "no_reason":
         r.reasons = 0
         return abi.record_bytes(r)
@@ -180,8 +214,9 @@ def _broken(mutate: str) -> bytes:
 @pytest.mark.parametrize("raw", [
     b"", b"\0" * 8, MEMFD.raw()[: abi.HEADER_SIZE - 1], MEMFD.raw() + b"\0" * abi.RECORD_SIZE,
     _broken("argv_len"), _broken("argv_len_huge"), _broken("path_len"), _broken("no_reason"),
+    _broken("loader_argi_0"), _broken("loader_argi_2"),
 ], ids=["empty", "8 bytes", "short header", "too long", "argv overrun", "argv_len huge",
-        "path_len huge", "no reason"])
+        "path_len huge", "no reason", "loader argv index 0", "loader argv index past argv"])
 def test_malformed_records_raise_decode_error(raw: bytes) -> None:
     with pytest.raises(DecodeError):
         decode(raw, 0)
