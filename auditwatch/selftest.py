@@ -3,7 +3,6 @@ reports each of them, with the right technique, and reports none of the look-ali
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -64,9 +63,7 @@ def main(sensors: Sequence[str] | None) -> int:
     hostname = hostinfo.hostname()
     engine = Engine(daemon._sources(config, wanted), Pipeline(hostname=hostname), found.append)
     try:
-        for warning in engine.start(required=frozenset(wanted) if sensors else frozenset()):
-            print(f"auditwatch selftest: {warning}", file=sys.stderr)
-        live = [s.name for s in engine.active]
+        live = daemon.start_sensors(engine, frozenset(wanted) if sensors else frozenset())
         engine.pipeline = daemon.make_pipeline(config, live, hostname)
         checks = run_checks(engine, found, live)
     finally:

@@ -73,6 +73,8 @@ def record(name: str, log: str = AUDIT_LOG) -> tuple[ScenarioResult, list[bytes]
     offset = os.path.getsize(log)
     result = ALL[name](scenarios.token())
     pid_re = re.compile(rb"^type=SYSCALL .* pid=%d " % result.pid)
+    # The loader case's evidence is our own memfd_create (the child inherits the fd): keep it.
+    memfd_re = re.compile(rb"^type=SYSCALL .* syscall=319 .* pid=%d " % os.getpid())
     deadline = time.monotonic() + WAIT_S
     lines: list[bytes] = []
     while time.monotonic() < deadline:
@@ -83,6 +85,7 @@ def record(name: str, log: str = AUDIT_LOG) -> tuple[ScenarioResult, list[bytes]
         if serials and done == serials:
             time.sleep(0.2)  # the event's last interleaved records
             lines = _read_new(log, offset).splitlines(keepends=True)
+            serials |= {m[1] for ln in lines if memfd_re.match(ln) and (m := _SERIAL.search(ln))}
             return result, [ln for ln in lines if (m := _SERIAL.search(ln)) and m[1] in serials]
         time.sleep(0.1)
     raise SystemExit(f"{name}: no audit events for pid {result.pid} in {log} after {WAIT_S}s "

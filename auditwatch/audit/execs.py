@@ -166,9 +166,14 @@ class ExecExtractor:
     """Keeps counters and the memfds it saw created. ``all_execs`` keeps execs the fast path
     would drop."""
 
-    def __init__(self, memfd_devs: Collection[int] = (), all_execs: bool = False) -> None:
+    def __init__(self, memfd_devs: Collection[int] = (), all_execs: bool = False,
+                 infer_loader: bool = True) -> None:
         self.memfd_devs = frozenset(memfd_devs)
         self.all_execs = all_execs
+        # Inferring "ld.so got a memfd" from memfd_create is a guess (a closed memfd's fd number
+        # may be reused for a disk file). Where the BPF sensor runs, it sees the real file and
+        # is the one to say; audit then leaves the target unknown.
+        self.infer_loader = infer_loader
         self.counters: dict[str, int] = {"execs_seen": 0, "exec_events": 0, "memfds_created": 0,
                                          **{f"skipped_{r}": 0 for r in SKIP_REASONS}}
         self._memfds: OrderedDict[tuple[int, int], None] = OrderedDict()
@@ -241,7 +246,8 @@ class ExecExtractor:
         elif trc105.is_loader(exe):
             fd_path = next((a for a in argv[1:] if trc105.is_fd_path(a)), None)
             if fd_path is not None:
-                fd_target = self._loader_target(fd_path, pid, number(syscall.raw("ppid")))
+                fd_target = (self._loader_target(fd_path, pid, number(syscall.raw("ppid")))
+                             if self.infer_loader else FdTarget(path=fd_path))
         memfd_name = trc105.memfd_name_of(exe) if exec_path != exe else None
         tty = text(syscall.raw("tty"))
         return ExecEvent(
