@@ -201,6 +201,10 @@ def parse_yaml(text: str, path: str) -> Any:
         return yaml.load(text, Loader=_LineLoader)  # a SafeLoader subclass
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
+        if e.context_mark is not None and mark is not None \
+                and mark.index >= len(text.rstrip()):
+            # "but got <stream end>": where the unclosed construct began says more than EOF
+            mark = e.context_mark
         line = mark.line + 1 if mark is not None else None
         what = " ".join(x for x in (e.context, e.problem) if x)
         raise ConfigError(f"invalid YAML: {what}", path=path, line=line) from None

@@ -31,7 +31,8 @@ Emission
     window should exceed the sensors' delivery skew (3-9 ms measured between BPF and audit
     here). When more than ``max_pending`` execs wait, the oldest is emitted early
     (``evicted``).
-    Events of a sensor that is not live (the start-up ``sweep``) pass straight through.
+    Events of the start-up ``sweep`` pass straight through. An exec-time sensor that is not
+    live (marked blind) is still joined and deduplicated; only no one waits for it.
 
 After emission an exec is remembered for ``done_ns`` (bounded by ``max_pending`` too): a second
 event of a sensor that already delivered it (same audit serial, or same timestamp and evidence) is
@@ -172,7 +173,9 @@ def merge(events: dict[Sensor, ExecEvent]) -> ExecEvent:
     """Union of the evidence: per field, the value from the sensor that knows it.
 
     BPF first (nlink, memfd name, sb_magic, namespaces, cgroup, bprm filename ``/dev/fd/N``
-    over audit's ``""``), audit first for its context and the full argv.
+    over audit's ``""``, and ``parent_exe``: BPF's is the parent's image read by the kernel at
+    exec time, audit's only ``/proc/PPID/exe`` read on arrival, after the parent may have exec'd
+    another image), audit first for its context and the full argv.
     """
     primary = events[_order(events)[0]]
     if len(events) == 1:
@@ -239,7 +242,10 @@ class Correlator:
     def feed(self, event: ExecEvent) -> list[Correlated]:
         self._counters["fed"] += 1
         self.advance(event.sensor, event.timestamp_ns)
-        if event.sensor not in self.live_sensors:
+        if event.sensor not in self.live_sensors and event.sensor not in SENSORS:
+            # Not an exec-time sensor (the start-up sweep): nothing to join. An exec-time
+            # sensor that is merely not live (marked blind, yet delivering) is joined as usual,
+            # or the other sensor's finding for the same exec would be duplicated.
             self._counters["passthrough"] += 1
             self._counters["single_sensor"] += 1
             return [Correlated(event, (event.sensor,), (), "passthrough", (event,))]

@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from types import FrameType
+from typing import Any
 
 from loguru import logger
 
@@ -25,13 +26,14 @@ from auditwatch.config import (
 )
 from auditwatch.engine import Engine, HealthHook
 from auditwatch.errors import ConfigError
-from auditwatch.events import Sensor
+from auditwatch.events import ExecEvent, Sensor
 from auditwatch.finding import Finding, HealthInfo, summary
 from auditwatch.health import HealthMonitor, health_finding
 from auditwatch.logging_setup import setup_logging
 from auditwatch.outputs import build_outputs
 from auditwatch.outputs.base import FanOut
 from auditwatch.pipeline import Pipeline
+from auditwatch.sensors.audit_netlink import AuditNetlinkSource
 from auditwatch.sensors.base import Source
 from auditwatch.status import write_status
 
@@ -65,12 +67,43 @@ def _sink(outputs: FanOut) -> Callable[[Finding], None]:
     return write
 
 
-def make_pipeline(config: Config, live: Sequence[Sensor], hostname: str) -> Pipeline:
-    return Pipeline(hostname=hostname, live_sensors=live,
-                    window_ns=config.correlation.window_ms * 1_000_000,
-                    max_pending=config.correlation.max_pending,
-                    memfd_devs=hostinfo.memfd_devices(), allowlist=_allowlist(config),
-                    sha256_of=hostinfo.sha256_of_running_image)
+class _LivePipeline(Pipeline):
+    """The live daemon's pipeline: each sensor event is completed on arrival, before correlation
+    and the allow-list, with what only the running host can tell (``hostinfo.LiveFacts``: the
+    parent's exe from /proc/PPID/exe, the cgroup path for BPF's cgroup id). Not for ``scan``:
+    the pids of an old audit.log name other processes now."""
+
+    def __init__(self, facts: hostinfo.LiveFacts, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.facts = facts
+
+    def feed(self, event: ExecEvent) -> list[Finding]:
+        return super().feed(self.facts.enrich(event))
+
+
+def make_pipeline(config: Config, live: Sequence[Sensor], hostname: str, *,
+                  live_host: bool = False) -> Pipeline:
+    kwargs: dict[str, Any] = dict(
+        hostname=hostname, live_sensors=live,
+        window_ns=config.correlation.window_ms * 1_000_000,
+        max_pending=config.correlation.max_pending,
+        memfd_devs=hostinfo.memfd_devices(), allowlist=_allowlist(config),
+        sha256_of=hostinfo.sha256_of_running_image)
+    if live_host:
+        return _LivePipeline(hostinfo.LiveFacts(), **kwargs)
+    return Pipeline(**kwargs)
+
+
+def start_sensors(engine: Engine, required: frozenset[Sensor]) -> list[Sensor]:
+    """Load the sensors (an optional one that cannot run is a warning) and tell the audit
+    sensor whether BPF runs beside it. Returns the live sensors."""
+    for warning in engine.start(required=required):
+        logger.warning(warning)
+    live = [s.name for s in engine.active]
+    for source in engine.active:
+        if isinstance(source, AuditNetlinkSource):
+            source.extractor.infer_loader = "bpf" not in live
+    return live
 
 
 def _sources(config: Config, names: Sequence[Sensor]) -> list[Source]:
@@ -80,7 +113,6 @@ def _sources(config: Config, names: Sequence[Sensor]) -> list[Source]:
             from auditwatch.sensors.bpf.sensor import BpfExecSource
             sources.append(BpfExecSource())
         elif name == "audit":
-            from auditwatch.sensors.audit_netlink import AuditNetlinkSource
             sources.append(AuditNetlinkSource(rcvbuf=config.audit.netlink_rcvbuf))
     return sources
 
@@ -111,37 +143,40 @@ def run(config_path: str | None, sensors: Sequence[str] | None, output_specs: Se
 
     engine = Engine(_sources(config, wanted), Pipeline(hostname=hostname), _sink(outputs))
     try:
-        for warning in engine.start(required=required):
-            logger.warning(warning)
-        live = [s.name for s in engine.active]
-        engine.pipeline = make_pipeline(config, live, hostname)
-        monitor = _health_monitor(engine, hostname)
-        engine.health = monitor
+        live = start_sensors(engine, required)
+        engine.pipeline = make_pipeline(config, live, hostname, live_host=True)
+        monitor = HealthMonitor()
+        engine.health = _health_monitor(engine, hostname, monitor)
         logger.info("auditwatch running: sensors={}", ",".join(live))
         if sweep:
             _sweep(engine)
-        _loop(engine, duration_s, config_path, output_specs, outputs, config)
+        _loop(engine, duration_s, config_path, output_specs, outputs, config, monitor)
     finally:
         engine.close()
         outputs.close()
     return 0
 
 
-def _health_monitor(engine: Engine, hostname: str) -> HealthHook:
-
-    monitor = HealthMonitor()
-    audit_rules_loaded = _RulesWatch()
+def _health_monitor(engine: Engine, hostname: str,
+                    monitor: HealthMonitor | None = None) -> HealthHook:
+    """The engine's health hook over ``monitor`` (a new one if not given; pass one to read its
+    conditions, as the status file does)."""
+    monitor = monitor if monitor is not None else HealthMonitor()
+    audit_state = _RulesWatch()
 
     def check(now_ns: int, counters: dict[Sensor, dict[str, int]],
               infos: list[HealthInfo]) -> list[Finding]:
         # Sensors report their own losses/tamper in detail; absorb folds them into the monitor's
         # episodes so each is reported once.
+        if any(info.kind in _AUDIT_CONFIG_KINDS for info in infos):
+            audit_state.refresh()  # ask the kernel now: a cached "loaded" would end it at once
         found = monitor.absorb(infos)
         for joined in engine.pipeline.joined:
             found.extend(monitor.note(joined))
         engine.pipeline.joined.clear()
-        found.extend(monitor.observe(now_ns, counters, _bpf_attached(engine),
-                                     audit_rules_loaded(engine)))
+        rules_loaded, enabled = audit_state(engine)
+        found.extend(monitor.observe(now_ns, counters, _bpf_attached(engine), rules_loaded,
+                                     enabled))
         findings = [health_finding(info, hostname) for info in found]
         loaded = {s.name for s in engine.active}
         findings += engine.pipeline.set_live_sensors(loaded - monitor.blinded())
@@ -156,22 +191,48 @@ def _bpf_attached(engine: Engine) -> bool | None:
     return None
 
 
+_AUDIT_CONFIG_KINDS = frozenset({"audit_rules_removed", "audit_disabled"})
+
+
 class _RulesWatch:
-    """Whether our audit rules are in the kernel, asked of ``auditctl -l`` every few seconds: a
-    fallback for a rule removal the stream's CONFIG_CHANGE records did not show us."""
+    """(our audit rules are loaded, audit is enabled), asked of ``auditctl -l`` / ``-s`` every few
+    seconds: a fallback for changes the stream's CONFIG_CHANGE records did not show us, and the
+    only way to see them end (``-e 1`` is not delivered to the multicast group)."""
 
     def __init__(self) -> None:
         self._next = 0.0
-        self._loaded: bool | None = None
+        self._state: tuple[bool | None, bool | None] = (None, None)
 
-    def __call__(self, engine: Engine) -> bool | None:
+    def refresh(self) -> None:
+        self._next = 0.0
+
+    def __call__(self, engine: Engine) -> tuple[bool | None, bool | None]:
         if not any(s.name == "audit" for s in engine.active):
-            return None
+            return None, None
         if time.monotonic() >= self._next:
             from auditwatch.rules import rules_loaded
+            self._state = (rules_loaded(), _audit_enabled())
             self._next = time.monotonic() + RULES_CHECK_INTERVAL_S
-            self._loaded = rules_loaded()
-        return self._loaded
+        return self._state
+
+
+def _audit_enabled() -> bool | None:
+    """``auditctl -s``: ``enabled 0`` -> False, ``1``/``2`` -> True, unknown -> None."""
+    import shutil
+    import subprocess
+
+    auditctl = shutil.which("auditctl")
+    if auditctl is None:
+        return None
+    try:
+        out = subprocess.run([auditctl, "-s"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    for line in out.splitlines():
+        key, _, value = line.partition(" ")
+        if key == "enabled" and value.strip().isdigit():
+            return value.strip() != "0"
+    return None
 
 
 def _sweep(engine: Engine) -> None:
@@ -182,7 +243,8 @@ def _sweep(engine: Engine) -> None:
 
 
 def _loop(engine: Engine, duration_s: float | None, config_path: str | None,
-          output_specs: Sequence[str] | None, outputs: FanOut, config: Config) -> None:
+          output_specs: Sequence[str] | None, outputs: FanOut, config: Config,
+          monitor: HealthMonitor | None = None) -> None:
     signals = _Signals()
     started = time.time()
     deadline = None if duration_s is None else time.monotonic() + duration_s
@@ -195,10 +257,10 @@ def _loop(engine: Engine, duration_s: float | None, config_path: str | None,
         if time.monotonic() >= next_status:
             next_status = time.monotonic() + STATUS_INTERVAL_S
             _report_output_drops(engine, outputs)
-            _publish_status(engine, outputs, started)
+            _publish_status(engine, outputs, started, monitor)
         _log_suppressed(engine, config)
     engine.drain()
-    _publish_status(engine, outputs, started)
+    _publish_status(engine, outputs, started, monitor)
 
 
 def _reload(engine: Engine, config: Config, config_path: str | None, outputs: FanOut) -> Config:
@@ -215,6 +277,11 @@ def _reload(engine: Engine, config: Config, config_path: str | None, outputs: Fa
     setup_logging(new.log_level)
     engine.pipeline.allowlist = _allowlist(new)
     logger.info("configuration reloaded from {}", config_path)
+    # Reloaded: allow-list, log level, log_suppressed. The rest is wired at start-up.
+    fixed = [k for k in ("sensors", "correlation", "audit", "outputs")
+             if getattr(new, k) != getattr(config, k)]
+    if fixed:
+        logger.warning("changes to {} take effect only after a restart", ", ".join(fixed))
     return new
 
 
@@ -236,13 +303,19 @@ def _log_suppressed(engine: Engine, config: Config) -> None:
     engine.pipeline.suppressed.clear()
 
 
-def _publish_status(engine: Engine, outputs: FanOut, started: float) -> None:
+def _publish_status(engine: Engine, outputs: FanOut, started: float,
+                    monitor: HealthMonitor | None = None) -> None:
     counters = engine.counters()
+    blinded = monitor.blinded() if monitor is not None else frozenset()
+    health = [{"kind": kind, "sensor": sensor} for kind, sensor in
+              (monitor.active() if monitor is not None else [])]
     state = {
         "pid": os.getpid(),
         "started": started,
-        "sensors": {s.name: {"state": "live", "counters": counters.get(s.name, {})}
+        "sensors": {s.name: {"state": "blind" if s.name in blinded else "live",
+                             "counters": counters.get(s.name, {})}
                     for s in engine.active},
+        "health": health,
         "stages": {"pipeline": counters["pipeline"], "outputs": outputs.counters()},
     }
     try:

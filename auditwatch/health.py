@@ -19,6 +19,7 @@ Conditions (``kind``, ``sensor``):
 ``audit_blind``        audit    audit's ``execs_seen`` stopped while BPF's grew (``-e 0``,
                                 rules removed, listener starved)
 ``audit_rules_removed``  audit  ``audit_rules_loaded`` is False (``auditctl -D``)
+``audit_disabled``     audit    ``audit_enabled`` is False (``auditctl -e 0``)
 ``audit_records_lost``  audit   audit loss counters (``lost``, ``enobufs``) grew; as above
 =====================  =======  ==========================================================
 
@@ -71,10 +72,10 @@ AUDIT_LOSS_COUNTERS: Final = ("lost", "enobufs")
 BPF_LOSS_COUNTERS: Final = ("rb_drops", "queue_drops")
 RECOVERED_SUFFIX: Final = "_recovered"
 _TRACKED_KINDS: Final = frozenset({"audit_records_lost", "bpf_events_lost", "bpf_detached",
-                                   "audit_rules_removed"})
+                                   "audit_rules_removed", "audit_disabled"})
 
 _BLINDING_KINDS: Final = frozenset({"bpf_detached", "bpf_blind", "audit_rules_removed",
-                                    "audit_blind"})
+                                    "audit_blind", "audit_disabled"})
 
 _MESSAGES: Final[dict[str, str]] = {
     "sensor_disagreement": "fileless exec seen by one sensor only: the {sensor} sensor missed it",
@@ -85,6 +86,7 @@ _MESSAGES: Final[dict[str, str]] = {
     "audit_blind": "audit saw no exec for {secs:g}s while BPF saw {count}; "
                    "audit disabled or rules removed?",
     "audit_rules_removed": "auditwatch's audit rules are not loaded",
+    "audit_disabled": "audit is disabled (audit_enabled=0): no records until auditctl -e 1",
     "audit_records_lost": "audit sensor lost {count} records",
 }
 
@@ -178,12 +180,18 @@ class HealthMonitor:
 
     def observe(self, now_ns: int, sensor_counters: dict[Sensor, dict[str, int]],
                 bpf_attached: bool | None = None,
-                audit_rules_loaded: bool | None = None) -> list[HealthInfo]:
+                audit_rules_loaded: bool | None = None,
+                audit_enabled: bool | None = None) -> list[HealthInfo]:
+        """``bpf_attached``, ``audit_rules_loaded``, ``audit_enabled``: the kernel state now
+        (``None``: unknown, or that sensor is not live). They must be fresh: a stale "loaded"
+        would end a condition a sensor has just reported through ``absorb``."""
         out: list[HealthInfo] = []
         if bpf_attached is not None:
             out += self._toggle("bpf_detached", "bpf", not bpf_attached, now_ns)
         if audit_rules_loaded is not None:
             out += self._toggle("audit_rules_removed", "audit", not audit_rules_loaded, now_ns)
+        if audit_enabled is not None:
+            out += self._toggle("audit_disabled", "audit", not audit_enabled, now_ns)
         for sensor in ("audit", "bpf"):
             if sensor in sensor_counters:
                 out += self._check_losses(sensor, now_ns, sensor_counters[sensor])

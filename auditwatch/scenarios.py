@@ -8,10 +8,16 @@ so a test can pick out its own exec among everything else the host runs.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import fcntl
 import os
 import shutil
+import signal
+import subprocess
+import sys
 import tempfile
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -82,35 +88,42 @@ def _result(name: str, pid_status: tuple[int, int], argv: Sequence[str],
     return ScenarioResult(name, pid_status[0], tuple(argv), expected, pid_status[1])
 
 
+def _exec_via_fd(fd: int, how: str, argv: Sequence[str]) -> Callable[[], None]:
+    """What the child does to run the file behind ``fd``: ``execveat(fd, "", AT_EMPTY_PATH)``
+    or an exec of ``/proc/self/fd/N`` / ``/dev/fd/N``."""
+    if how == "execveat":
+        return lambda: _execveat(fd, b"", argv, AT_EMPTY_PATH)
+    return lambda: os.execv(f"{how}/{fd}", list(argv))
+
+
+def _run_and_close(name: str, fd: int, exec_in_child: Callable[[], None],
+                   argv: Sequence[str], expected: Technique | None) -> ScenarioResult:
+    """Fork and exec while ``fd`` is open, then close it; ``argv`` is what the kernel shows."""
+    try:
+        r = _run_child(exec_in_child)
+    finally:
+        os.close(fd)
+    return _result(name, r, argv, expected)
+
+
 def memfd_execveat(tag: str, memfd_name: str | bytes = "auditwatch-selftest",
                    extra_args: Sequence[str] = ()) -> ScenarioResult:
     fd = _memfd_with(_true_bytes(), memfd_name)
     argv = ["true", tag, *extra_args]
-    try:
-        r = _run_child(lambda: _execveat(fd, b"", argv, AT_EMPTY_PATH))
-    finally:
-        os.close(fd)
-    return _result("memfd_execveat", r, argv, "memfd")
+    return _run_and_close("memfd_execveat", fd, _exec_via_fd(fd, "execveat", argv), argv, "memfd")
 
 
 def memfd_proc_self_fd(tag: str) -> ScenarioResult:
     fd = _memfd_with(_true_bytes())
     argv = ["true", tag]
-    try:
-        r = _run_child(lambda: os.execv(f"/proc/self/fd/{fd}", argv))
-    finally:
-        os.close(fd)
-    return _result("memfd_proc_self_fd", r, argv, "memfd")
+    return _run_and_close("memfd_proc_self_fd", fd, _exec_via_fd(fd, "/proc/self/fd", argv),
+                          argv, "memfd")
 
 
 def memfd_dev_fd(tag: str) -> ScenarioResult:
     fd = _memfd_with(_true_bytes())
     argv = ["true", tag]
-    try:
-        r = _run_child(lambda: os.execv(f"/dev/fd/{fd}", argv))
-    finally:
-        os.close(fd)
-    return _result("memfd_dev_fd", r, argv, "memfd")
+    return _run_and_close("memfd_dev_fd", fd, _exec_via_fd(fd, "/dev/fd", argv), argv, "memfd")
 
 
 def unlinked_fd(tag: str) -> ScenarioResult:
@@ -123,11 +136,8 @@ def unlinked_fd(tag: str) -> ScenarioResult:
     os.unlink(path)
     os.rmdir(d)
     argv = ["payload", tag]
-    try:
-        r = _run_child(lambda: _execveat(fd, b"", argv, AT_EMPTY_PATH))
-    finally:
-        os.close(fd)
-    return _result("unlinked_fd", r, argv, "unlinked")
+    return _run_and_close("unlinked_fd", fd, _exec_via_fd(fd, "execveat", argv), argv,
+                          "unlinked")
 
 
 def o_tmpfile(tag: str, directory: str = "/tmp") -> ScenarioResult:
@@ -139,11 +149,8 @@ def o_tmpfile(tag: str, directory: str = "/tmp") -> ScenarioResult:
     ro = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY)
     os.close(fd)
     argv = ["tmpfile", tag]
-    try:
-        r = _run_child(lambda: os.execv(f"/proc/self/fd/{ro}", argv))
-    finally:
-        os.close(ro)
-    return _result("o_tmpfile", r, argv, "unlinked")
+    return _run_and_close("o_tmpfile", ro, _exec_via_fd(ro, "/proc/self/fd", argv), argv,
+                          "unlinked")
 
 
 def dev_shm_binary(tag: str) -> ScenarioResult:
@@ -160,13 +167,9 @@ def dev_shm_binary(tag: str) -> ScenarioResult:
 
 def memfd_script(tag: str) -> ScenarioResult:
     fd = _memfd_with(SCRIPT, "auditwatch-script")
-    argv = ["script", tag]
-    try:
-        r = _run_child(lambda: os.execv(f"/dev/fd/{fd}", argv))
-    finally:
-        os.close(fd)
     # The kernel rewrites argv for a shebang exec: interpreter, script path, then argv[1:].
-    return _result("memfd_script", r, ("/bin/sh", f"/dev/fd/{fd}", tag), "memfd-script")
+    return _run_and_close("memfd_script", fd, _exec_via_fd(fd, "/dev/fd", ["script", tag]),
+                          ("/bin/sh", f"/dev/fd/{fd}", tag), "memfd-script")
 
 
 LOADER_PATH = "/lib64/ld-linux-x86-64.so.2"
@@ -176,11 +179,8 @@ def loader_memfd(tag: str) -> ScenarioResult:
     """The dynamic loader runs a program it is handed by fd: the image is ld.so, on disk."""
     fd = _memfd_with(_true_bytes(), "auditwatch-loader")
     argv = [LOADER_PATH, f"/proc/self/fd/{fd}", tag]
-    try:
-        r = _run_child(lambda: os.execv(LOADER_PATH, argv))
-    finally:
-        os.close(fd)
-    return _result("loader_memfd", r, argv, "loader")
+    return _run_and_close("loader_memfd", fd, lambda: os.execv(LOADER_PATH, argv), argv,
+                          "loader")
 
 
 # --- look-alikes that must NOT be reported -------------------------------------------------
@@ -194,21 +194,14 @@ def linked_fd_exec(tag: str) -> ScenarioResult:
     """execveat(AT_EMPTY_PATH) of a file that still has links: not fileless."""
     fd = os.open(TRUE_BINARY, os.O_RDONLY)
     argv = ["true", tag]
-    try:
-        r = _run_child(lambda: _execveat(fd, b"", argv, AT_EMPTY_PATH))
-    finally:
-        os.close(fd)
-    return _result("linked_fd_exec", r, argv, None)
+    return _run_and_close("linked_fd_exec", fd, _exec_via_fd(fd, "execveat", argv), argv, None)
 
 
 def linked_proc_fd_exec(tag: str) -> ScenarioResult:
     fd = os.open(TRUE_BINARY, os.O_RDONLY)
     argv = ["true", tag]
-    try:
-        r = _run_child(lambda: os.execv(f"/proc/self/fd/{fd}", argv))
-    finally:
-        os.close(fd)
-    return _result("linked_proc_fd_exec", r, argv, None)
+    return _run_and_close("linked_proc_fd_exec", fd, _exec_via_fd(fd, "/proc/self/fd", argv),
+                          argv, None)
 
 
 def tmp_script(tag: str) -> ScenarioResult:
@@ -229,12 +222,9 @@ def tmp_script(tag: str) -> ScenarioResult:
 def memfd_create_only(tag: str) -> ScenarioResult:
     """memfd_create without exec; runs /bin/true from disk so there is a pid to look for."""
     fd = _memfd_with(_true_bytes(), tag)
-    try:
-        argv = [TRUE_BINARY, tag]
-        r = _run_child(lambda: os.execv(TRUE_BINARY, argv))
-    finally:
-        os.close(fd)
-    return _result("memfd_create_only", r, argv, None)
+    argv = [TRUE_BINARY, tag]
+    return _run_and_close("memfd_create_only", fd, lambda: os.execv(TRUE_BINARY, argv), argv,
+                          None)
 
 
 def loader_list(tag: str) -> ScenarioResult:
@@ -245,20 +235,20 @@ def loader_list(tag: str) -> ScenarioResult:
         os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
         os.execv(LOADER_PATH, argv)
     r = _run_child(quiet_exec)
-    # No token in argv: the tests match this one by pid alone.
-    return _result("loader_list", r, (*argv, tag), None)
+    # ld.so --list takes no extra argument, so no token: tests match this one by pid alone.
+    return _result("loader_list", r, argv, None)
 
 
 def loader_disk(tag: str) -> ScenarioResult:
     """ld.so handed an on-disk binary by fd: not fileless."""
-    fd = os.open(TRUE_BINARY, os.O_RDONLY)
+    disk_fd = os.open(TRUE_BINARY, os.O_RDONLY)
+    # A high fd number: audit alone infers "memfd" from an earlier memfd_create that returned
+    # the same number (it cannot see close); other scenarios in this process use low numbers.
+    fd = fcntl.fcntl(disk_fd, fcntl.F_DUPFD, 200)
+    os.close(disk_fd)
     os.set_inheritable(fd, True)  # the loader opens it after the exec
     argv = [LOADER_PATH, f"/proc/self/fd/{fd}", tag]
-    try:
-        r = _run_child(lambda: os.execv(LOADER_PATH, argv))
-    finally:
-        os.close(fd)
-    return _result("loader_disk", r, argv, None)
+    return _run_and_close("loader_disk", fd, lambda: os.execv(LOADER_PATH, argv), argv, None)
 
 
 POSITIVE: dict[str, Callable[[str], ScenarioResult]] = {
@@ -269,6 +259,7 @@ POSITIVE: dict[str, Callable[[str], ScenarioResult]] = {
     "o_tmpfile": o_tmpfile,
     "dev_shm_binary": dev_shm_binary,
     "memfd_script": memfd_script,
+    "loader_memfd": loader_memfd,
 }
 NEGATIVE: dict[str, Callable[[str], ScenarioResult]] = {
     "ordinary_exec": ordinary_exec,
@@ -276,6 +267,8 @@ NEGATIVE: dict[str, Callable[[str], ScenarioResult]] = {
     "linked_proc_fd_exec": linked_proc_fd_exec,
     "tmp_script": tmp_script,
     "memfd_create_only": memfd_create_only,
+    "loader_list": loader_list,
+    "loader_disk": loader_disk,
 }
 ALL = {**POSITIVE, **NEGATIVE}
 
@@ -283,3 +276,117 @@ ALL = {**POSITIVE, **NEGATIVE}
 def run_all(names: Sequence[str] | None = None) -> list[ScenarioResult]:
     chosen = names if names is not None else list(ALL)
     return [ALL[n](token()) for n in chosen]
+
+
+# --- long-running fileless processes (start-up sweep tests) ----------------------------------
+
+class ScenarioUnavailable(Exception):
+    """The host lacks a tool a scenario needs (e.g. ``unshare``)."""
+
+
+def _has_cmdline(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return bool(f.read(1))
+    except OSError:
+        return False
+
+
+def wait_exe(pid: int, want: Callable[[str], bool], timeout: float = 10.0) -> str:
+    """Poll ``/proc/PID/exe`` until ``want(target)`` holds and the new image's argv is set up
+    (the exe link changes a moment before ``/proc/PID/cmdline``); returns the target."""
+    deadline = time.monotonic() + timeout
+    exe = ""
+    while time.monotonic() < deadline:
+        try:
+            exe = os.readlink(f"/proc/{pid}/exe")
+        except OSError:
+            exe = ""
+        if want(exe) and _has_cmdline(pid):
+            return exe
+        time.sleep(0.01)
+    raise AssertionError(f"pid {pid} never reached the expected image (last: {exe!r})")
+
+
+def children_of(ppid: int) -> list[int]:
+    """Pids whose parent is ``ppid`` (from /proc/*/stat)."""
+    out = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat", "rb") as f:
+                    raw = f.read()
+            except OSError:
+                continue
+            if int(raw[raw.rindex(b")") + 2 :].split()[1]) == ppid:
+                out.append(int(name))
+    return out
+
+
+class Sleepers:
+    """Starts real ``sleep`` processes (fileless or not); ``close()`` kills every one of them."""
+
+    def __init__(self, seconds: int = 30) -> None:
+        self.seconds = seconds
+        self.pids: list[int] = []
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.sleep = open(shutil.which("sleep") or "/bin/sleep", "rb").read()  # noqa: SIM115
+
+    def memfd(self, name: str) -> tuple[int, os.stat_result]:
+        """fork; the child execveat(AT_EMPTY_PATH)s a memfd copy of sleep."""
+        fd = os.memfd_create(name, 0)
+        os.write(fd, self.sleep)
+        pid = os.fork()
+        if pid == 0:
+            try:
+                _execveat(fd, b"", ["sleep", str(self.seconds)], AT_EMPTY_PATH)
+            finally:
+                os._exit(127)
+        self.pids.append(pid)
+        st = os.fstat(fd)
+        os.close(fd)
+        wait_exe(pid, lambda exe: exe == f"/memfd:{name} (deleted)")
+        return pid, st
+
+    def memfd_in_new_namespaces(self, name: str) -> int:
+        """``unshare -fpm --mount-proc``: a memfd sleeper as pid 1 of new PID+mount namespaces.
+        Returns its host pid. Raises ``ScenarioUnavailable`` when unshare cannot do it here."""
+        if shutil.which("unshare") is None:
+            raise ScenarioUnavailable("unshare(1) not installed")
+        script = ("import os,sys; fd = os.memfd_create(sys.argv[1], 0); "
+                  "os.write(fd, open('/bin/sleep', 'rb').read()); "
+                  "os.execv(f'/proc/self/fd/{fd}', ['sleep', sys.argv[2]])")
+        p = subprocess.Popen(["unshare", "-fpm", "--mount-proc", "--kill-child",
+                              sys.executable, "-c", script, name, str(self.seconds)])
+        self.procs.append(p)
+        deadline = time.monotonic() + 10
+        kids: list[int] = []
+        while time.monotonic() < deadline and not (kids := children_of(p.pid)):
+            if p.poll() is not None:
+                raise ScenarioUnavailable(f"unshare -fpm failed (exit {p.returncode})")
+            time.sleep(0.01)
+        assert kids, "unshare started no child"
+        self.pids.append(kids[0])
+        wait_exe(kids[0], lambda exe: exe == f"/memfd:{name} (deleted)")
+        return kids[0]
+
+    def from_disk(self, path: str | os.PathLike[str]) -> int:
+        with open(path, "wb") as f:
+            f.write(self.sleep)
+        os.chmod(path, 0o755)
+        p = subprocess.Popen([os.fspath(path), str(self.seconds)])  # returns once exec'd
+        self.procs.append(p)
+        wait_exe(p.pid, lambda exe: exe == os.fspath(path))
+        return p.pid
+
+    def close(self) -> None:
+        for p in self.procs:
+            p.kill()
+        for pid in self.pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        for p in self.procs:
+            p.wait(timeout=10)
+        for pid in self.pids:
+            with contextlib.suppress(ChildProcessError):  # the one in the namespaces is not ours
+                os.waitpid(pid, 0)

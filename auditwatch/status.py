@@ -45,6 +45,11 @@ def format_status(state: dict[str, Any] | None) -> str:
     for name, sensor in sorted(state.get("sensors", {}).items()):
         counters = " ".join(f"{k}={v}" for k, v in sorted(sensor.get("counters", {}).items()))
         lines.append(f"  sensor {name}: {sensor.get('state')}  {counters}")
+    health = state.get("health")
+    if health is not None:
+        conditions = ", ".join(f"{h.get('kind')}" + (f" ({h['sensor']})" if h.get("sensor") else "")
+                               for h in health)
+        lines.append(f"  health: {conditions or 'ok'}")
     for name, counters in sorted(state.get("stages", {}).items()):
         lines.append(f"  {name}: " + " ".join(f"{k}={v}" for k, v in sorted(counters.items())))
     return "\n".join(lines)

@@ -9,8 +9,11 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+from rsyslog_server import RSYSLOGD, Rsyslog
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
@@ -46,3 +49,19 @@ def bpf_ready() -> None:
         kernel_unavailable("needs root")
     if not os.path.exists("/sys/kernel/btf/vmlinux"):
         kernel_unavailable("no kernel BTF")
+
+
+@pytest.fixture
+def rsyslog(tmp_path: Path) -> Iterator[Rsyslog]:
+    """A private rsyslogd on loopback (tests/rsyslog_server.py). Skips without rsyslogd, except
+    in CI where it fails."""
+    if not os.path.exists(RSYSLOGD):
+        if IN_CI:
+            pytest.fail("rsyslogd is not installed in CI (apt-get install rsyslog)")
+        pytest.skip("rsyslogd not installed")
+    server = Rsyslog(tmp_path)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()

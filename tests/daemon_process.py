@@ -82,3 +82,47 @@ def for_pid(findings: list[dict[str, Any]], pid: int, token: str) -> list[dict[s
 def with_token(findings: list[dict[str, Any]], token: str) -> list[dict[str, Any]]:
     return [f for f in findings if f["Event"]["eventName"] == "sched_process_exec"
             and any(token in a for a in args_of(f)["argv"])]
+
+
+def assert_scenarios_reported(daemon: Daemon, results: Sequence[Any],
+                              sensors: set[str]) -> list[dict[str, Any]]:
+    """Every positive ``scenarios.ScenarioResult`` is reported exactly once, with its technique
+    and exactly ``sensors``; no negative one is reported at all. Returns the findings read."""
+    positives = [r for r in results if r.expected]
+
+    def complete(found: list[dict[str, Any]]) -> bool:
+        return all(any(set(f["Event"]["auditwatch"]["sensors"]) >= sensors
+                       for f in for_pid(found, r.pid, r.argv[-1])) for r in positives)
+
+    daemon.wait_for(complete)
+    time.sleep(1.0)  # let a late duplicate or false positive arrive
+    found = daemon.findings()
+    for r in results:
+        if r.expected is None:
+            mine = [f for f in found if f["Event"]["hostProcessId"] == r.pid]
+            assert mine == [], f"{r.name}: false positive {mine}"
+            continue
+        mine = for_pid(found, r.pid, r.argv[-1])
+        assert len(mine) == 1, f"{r.name}: expected one finding, got {mine}"
+        f = mine[0]
+        block = f["Event"]["auditwatch"]
+        assert block["technique"] == r.expected, r.name
+        assert set(block["sensors"]) == sensors, (r.name, block)
+        assert f["SigMetadata"]["ID"] == "TRC-105"
+        assert args_of(f)["argv"][-1] == r.argv[-1]
+        if "audit" in sensors:
+            assert block["audit"]["syscall"] in ("execve", "execveat")
+        if r.expected == "memfd":
+            assert args_of(f)["pathname"].startswith("memfd:")
+    return found
+
+
+def started(tmp: Path, sensors: Sequence[str] | None, *extra: str) -> Daemon:
+    """A daemon that is up (its sensors loaded); stopped again if it never gets there."""
+    d = Daemon(tmp, sensors, *extra)
+    try:
+        d.wait_ready()
+    except BaseException:
+        d.stop()
+        raise
+    return d

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from auditwatch import scenarios
-from tests.daemon_process import Daemon, args_of, for_pid, with_token
+from tests.daemon_process import Daemon, args_of, assert_scenarios_reported, for_pid, with_token
 
 pytestmark = pytest.mark.kernel
 
@@ -52,33 +52,7 @@ def _run_scenarios(names: list[str]) -> list[scenarios.ScenarioResult]:
 
 def test_each_technique_reported_once_and_no_lookalike(daemon: Daemon) -> None:
     results = _run_scenarios(list(scenarios.ALL))
-    positives = [r for r in results if r.expected]
-    sensors = set(daemon.sensors)  # type: ignore[attr-defined]
-
-    def complete(found: list[dict]) -> bool:
-        return all(any(set(f["Event"]["auditwatch"]["sensors"]) >= sensors
-                       for f in for_pid(found, r.pid, r.argv[-1])) for r in positives)
-
-    found = daemon.wait_for(complete)
-    time.sleep(1.0)  # let a late duplicate or false positive arrive
-    found = daemon.findings()
-    for r in results:
-        if r.expected is None:
-            mine = [f for f in found if f["Event"]["hostProcessId"] == r.pid]
-            assert mine == [], f"{r.name}: false positive {mine}"
-            continue
-        mine = for_pid(found, r.pid, r.argv[-1])
-        assert len(mine) == 1, f"{r.name}: expected one finding, got {mine}"
-        f = mine[0]
-        block = f["Event"]["auditwatch"]
-        assert block["technique"] == r.expected, r.name
-        assert set(block["sensors"]) == sensors, (r.name, block)
-        assert f["SigMetadata"]["ID"] == "TRC-105"
-        assert args_of(f)["argv"][-1] == r.argv[-1]
-        if "audit" in sensors:
-            assert block["audit"]["syscall"] in ("execve", "execveat")
-        if r.expected == "memfd":
-            assert args_of(f)["pathname"].startswith("memfd:")
+    assert_scenarios_reported(daemon, results, set(daemon.sensors))  # type: ignore[attr-defined]
 
 
 HOSTILE_NAMES: list[str | bytes] = ['new\nline', 'quote"s\'', "brack]et[", b"bad\xff\xfeutf8",

@@ -37,6 +37,8 @@ class Rec:
     script_name: bytes = b""
     script_argi: int = 0
     argv_len: int | None = None
+    # the parent's image: names leaf first, parent_flags (PF_KNOWN added), nlink; None: unknown
+    parent: tuple[list[bytes], int, int] | None = None
 
     def build(self) -> abi.ExecRecord:
         r = abi.ExecRecord()
@@ -63,6 +65,14 @@ class Rec:
             r.script_fd = self.script["fd"]
             r.script_name = self.script_name
         r.script_argi = self.script_argi
+        if self.parent is not None:
+            pnames, pflags, pnlink = self.parent
+            ppath = b"".join(n + b"\0" for n in pnames)
+            ctypes.memmove(ctypes.addressof(r) + abi.ExecRecord.parent_path.offset, ppath,
+                           len(ppath))
+            r.parent_path_len, r.parent_depth = len(ppath), len(pnames)
+            r.parent_flags, r.parent_nlink = abi.PF_KNOWN | pflags, pnlink
+            r.parent_ino, r.parent_dev = 4711, DISK_DEV
         return r
 
     def raw(self) -> bytes:
@@ -152,6 +162,27 @@ CASES = [
      {"memfd_name": "a\nb\"c'\\xff\\xfe", "exe": "/memfd:a\nb\"c'\\xff\\xfe (deleted)",
       "argv": ("t\nx", "\\x80\\x81", "\"'"), "comm": "\x1b[31m\\xff"},
      "memfd"),
+    ("parent exe on disk",
+     Rec([b"memfd:p"], b"/dev/fd/3", [b"x"], abi.R_NLINK0 | abi.R_MEMFD, flags=abi.F_PATH_DETACHED,
+         parent=([b"runc", b"bin", b"usr"], 0, 1)),
+     {"parent_exe": "/usr/bin/runc", "exe": "/memfd:p (deleted)"}, "memfd"),
+    ("parent is a memfd",
+     Rec([b"memfd:p"], b"/dev/fd/3", [b"x"], abi.R_NLINK0 | abi.R_MEMFD, flags=abi.F_PATH_DETACHED,
+         parent=([b"memfd:runc"], abi.F_PATH_DETACHED, 0)),
+     {"parent_exe": "/memfd:runc (deleted)"}, "memfd"),
+    ("parent image unlinked",
+     Rec([b"memfd:p"], b"/dev/fd/3", [b"x"], abi.R_NLINK0 | abi.R_MEMFD, flags=abi.F_PATH_DETACHED,
+         parent=([b"runc", b"tmp"], 0, 0)),
+     {"parent_exe": "/tmp/runc (deleted)"}, "memfd"),
+    ("parent path walk truncated",
+     Rec([b"memfd:p"], b"/dev/fd/3", [b"x"], abi.R_NLINK0 | abi.R_MEMFD, flags=abi.F_PATH_DETACHED,
+         parent=([b"runc", b"bin", b"usr"], abi.F_PATH_TRUNC, 1)),
+     {"parent_exe": ".../usr/bin/runc", "exe": "/memfd:p (deleted)"}, "memfd"),
+    ("image walk truncated, parent's not",
+     Rec([b"payload", b"d"], b"/dev/fd/3", [b"p"], abi.R_NLINK0, dev=DISK_DEV,
+         flags=abi.F_PATH_TRUNC, parent=([b"runc", b"bin", b"usr"], 0, 1)),
+     {"exe": ".../d/payload (deleted)", "parent_exe": "/usr/bin/runc"}, "unlinked"),
+    ("parent unknown to the kernel (no mm)", MEMFD, {"parent_exe": None}, "memfd"),
     ("empty argv",
      Rec([b"memfd:e"], b"/dev/fd/3", [], abi.R_NLINK0 | abi.R_MEMFD, flags=abi.F_PATH_DETACHED),
      {"argv": ()}, "memfd"),
@@ -205,6 +236,10 @@ def _broken(mutate: str) -> bytes:
         r.reasons = abi.R_LOADER
         r.script_argi = int(mutate.rsplit("_", 1)[1])   # argv is ("true", "aw-1")
         return abi.record_bytes(r)
+    if mutate == "parent_path_len":
+        r.parent_flags = abi.PF_KNOWN
+        r.parent_path_len = abi.PATH_BUF + 1
+        return abi.record_bytes(r)
     if mutate == "no_reason":
         r.reasons = 0
         return abi.record_bytes(r)
@@ -214,9 +249,10 @@ def _broken(mutate: str) -> bytes:
 @pytest.mark.parametrize("raw", [
     b"", b"\0" * 8, MEMFD.raw()[: abi.HEADER_SIZE - 1], MEMFD.raw() + b"\0" * abi.RECORD_SIZE,
     _broken("argv_len"), _broken("argv_len_huge"), _broken("path_len"), _broken("no_reason"),
-    _broken("loader_argi_0"), _broken("loader_argi_2"),
+    _broken("loader_argi_0"), _broken("loader_argi_2"), _broken("parent_path_len"),
 ], ids=["empty", "8 bytes", "short header", "too long", "argv overrun", "argv_len huge",
-        "path_len huge", "no reason", "loader argv index 0", "loader argv index past argv"])
+        "path_len huge", "no reason", "loader argv index 0", "loader argv index past argv",
+        "parent_path_len huge"])
 def test_malformed_records_raise_decode_error(raw: bytes) -> None:
     with pytest.raises(DecodeError):
         decode(raw, 0)

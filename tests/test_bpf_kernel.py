@@ -17,7 +17,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from auditwatch import scenarios, trc105
+from auditwatch import hostinfo, scenarios, trc105
 from auditwatch.errors import SensorError, SensorUnavailable
 from auditwatch.events import ExecEvent
 from auditwatch.sensors.bpf import build
@@ -25,6 +25,7 @@ from auditwatch.sensors.bpf.sensor import BpfExecSource
 
 pytestmark = pytest.mark.kernel
 TIMEOUT_S = 10.0
+PARENT_EXE = os.readlink("/proc/self/exe")   # this python, as the kernel prints it
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -71,6 +72,7 @@ def test_positive_scenario_gives_one_event(source: BpfExecSource, name: str) -> 
     assert event.argv == result.argv
     assert event.tgid == result.pid
     assert event.ppid == os.getpid()
+    assert event.parent_exe == PARENT_EXE
     assert event.uid == os.getuid() and event.euid == os.geteuid()
     assert event.sensor == "bpf"
     assert abs(event.timestamp_ns - time.time_ns()) < 60 * 10**9
@@ -247,6 +249,75 @@ def test_namespaced_exec_reports_host_and_namespace_pids(source: BpfExecSource) 
     assert event.pid > 2 and event.pid != event.ns_pid
     assert event.pid_ns != os.stat("/proc/self/ns/pid").st_ino
     assert event.mnt_ns != os.stat("/proc/self/ns/mnt").st_ino
+
+
+def test_parent_exe_is_read_by_the_kernel(source: BpfExecSource) -> None:
+    tag = scenarios.token()
+    result = scenarios.memfd_execveat(tag)
+    (event,) = [e for e in read_until(source, tag) if e.pid == result.pid]
+    assert event.ppid == os.getpid()
+    assert event.parent_exe == PARENT_EXE == os.path.realpath(sys.executable)
+
+
+# A memfd copy of /bin/sh (the parent) runs a memfd copy of /bin/true (the child) by its fd
+# path; "; :" keeps dash from exec'ing the last command in place of forking.
+_MEMFD_PARENT = """
+import os, sys
+sh = os.memfd_create("aw-parent-sh")                # close-on-exec: only the exec needs it
+with open("/bin/sh", "rb") as f:
+    os.write(sh, f.read())
+child = os.memfd_create("aw-child", 0)              # inherited by sh and its child
+with open("/bin/true", "rb") as f:
+    os.write(child, f.read())
+os.execv(f"/proc/self/fd/{sh}", ["sh", "-c", f"/dev/fd/{child} {sys.argv[1]}; :"])
+"""
+
+
+def test_parent_exe_of_a_memfd_parent(source: BpfExecSource) -> None:
+    tag = scenarios.token()
+    proc = subprocess.Popen([sys.executable, "-c", _MEMFD_PARENT, tag], stderr=subprocess.PIPE)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    (event,) = [e for e in read_until(source, tag) if tag in e.argv]
+    assert event.ppid == proc.pid    # python became the memfd sh: same pid
+    assert trc105.detect(event) == "memfd" and event.memfd_name == "aw-child"
+    assert event.parent_exe == "/memfd:aw-parent-sh (deleted)"
+
+
+# The parent forks a child that execs a memfd copy of /bin/sh; once the child runs (it writes to
+# a pipe: its exec, and so the sensor's read, is over), the parent execs /usr/bin/sleep. Read
+# from /proc/PPID/exe after the event, the parent would pass for sleep.
+_RACING_PARENT = """
+import os, sys
+sh = os.memfd_create("aw-race")
+with open("/bin/sh", "rb") as f:
+    os.write(sh, f.read())
+r, w = os.pipe()
+if os.fork() == 0:
+    os.dup2(w, 9)
+    os.execv(f"/proc/self/fd/{sh}", ["sh", "-c", "echo ran >&9", sys.argv[1]])
+os.close(w)
+os.read(r, 16)
+os.execv("/usr/bin/sleep", ["sleep", "30"])
+"""
+
+
+def test_parent_exe_is_the_image_at_exec_time(source: BpfExecSource) -> None:
+    tag = scenarios.token()
+    proc = subprocess.Popen([sys.executable, "-c", _RACING_PARENT, tag])
+    try:
+        (event,) = [e for e in read_until(source, tag) if tag in e.argv]
+        assert event.ppid == proc.pid and trc105.detect(event) == "memfd"
+        deadline = time.monotonic() + TIMEOUT_S
+        while os.readlink(f"/proc/{proc.pid}/exe") != "/usr/bin/sleep":
+            assert time.monotonic() < deadline, "the parent never exec'd sleep"
+            time.sleep(0.01)
+        assert hostinfo.parent_exe_of(event) == "/usr/bin/sleep"     # /proc, read too late
+        assert event.parent_exe == PARENT_EXE                         # the kernel, at exec
+        assert hostinfo.LiveFacts().enrich(event).parent_exe == PARENT_EXE
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 def test_ordinary_execs_are_counted_not_sent(source: BpfExecSource) -> None:

@@ -145,6 +145,8 @@ BAD = [
     # (yaml, line, key fragment, message fragment)
     ("sensors: [bpf\nlog_level: INFO\n", 2, None, "invalid YAML"),
     ("outputs:\n  - type: jsonl\n\tpath: x\n", 3, None, "invalid YAML"),
+    # unclosed at the end of the file: the line where it was opened, not the end of the stream
+    ("log_level: INFO\nallowlist:\n  - name: [unclosed\n\n", 3, None, "invalid YAML"),
     ("log_level: INFO\nlog_level: DEBUG\n", 2, None, "duplicate key"),
     ("log_level: INFO\nlog_levle: DEBUG\n", 2, "log_levle", "unknown key"),
     ("audit:\n  netlink_rcvbuf: 8388608\n  timeout: 3\n", 3, "audit.timeout", "unknown key"),

@@ -321,6 +321,22 @@ def test_merge_fallbacks(b: ExecEvent, a: ExecEvent, field: str, expected: objec
     assert getattr(merge({"bpf": b, "audit": a}), field) == expected
 
 
+@pytest.mark.parametrize(("bpf_parent", "audit_parent", "expected"), [
+    ("/usr/bin/python3.11", "/usr/bin/runc", "/usr/bin/python3.11"),   # the kernel's, at exec
+    (None, "/usr/bin/runc", "/usr/bin/runc"),                          # BPF could not read it
+    ("/memfd:x (deleted)", None, "/memfd:x (deleted)"),
+])
+def test_merge_prefers_the_parent_exe_bpf_read(bpf_parent: str | None, audit_parent: str | None,
+                                               expected: str) -> None:
+    """Audit's parent_exe is /proc/PPID/exe read on arrival: a parent that exec'd runc since
+    would pass for runc (and for the default runc allow-list entry)."""
+    b, a = bpf(parent_exe=bpf_parent), audit(parent_exe=audit_parent)
+    assert merge({"bpf": b, "audit": a}).parent_exe == expected
+    assert merge({"audit": a, "bpf": b}).parent_exe == expected
+    (r,) = run([a, b])[0]
+    assert r.merged.parent_exe == expected
+
+
 def test_merge_of_unlinked_exec_detects_it() -> None:
     b = bpf(exe="/tmp/payload (deleted)", memfd_name=None, sb_magic=0xEF53, nlink=0,
             exec_path="/dev/fd/3")
@@ -328,3 +344,19 @@ def test_merge_of_unlinked_exec_detects_it() -> None:
     (r,) = run([b, a])[0]
     assert trc105.detect(r.merged) == "unlinked"
     assert r.merged.audit is not None and r.merged.audit.syscall == "execveat"
+
+
+def test_a_sensor_marked_blind_but_delivering_is_deduplicated() -> None:
+    """Audit marked blind (rules removed) delivers again before the daemon notices: its event
+    of an exec BPF already reported is late, not a second finding; arriving first, it is
+    joined with BPF's instead of passing through."""
+    c = Correlator(WINDOW, frozenset({"bpf"}), 1000)
+    (r,) = c.feed(bpf())
+    assert r.sensors == ("bpf",) and r.missing == ()
+    assert c.feed(audit()) == []
+    assert c.counters()["late"] == 1 and c.counters()["passthrough"] == 0
+
+    c = Correlator(WINDOW, frozenset({"bpf"}), 1000)
+    assert c.feed(audit()) == []              # waits for the live sensor
+    (r,) = c.feed(bpf())
+    assert r.sensors == ("bpf", "audit") and r.missing == () and r.reason == "complete"

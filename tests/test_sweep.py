@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
-import shutil
-import signal
-import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,7 +13,7 @@ from conftest import kernel_unavailable
 from auditwatch import sweep as sweep_mod
 from auditwatch import trc105
 from auditwatch.events import ExecEvent, dev_from_stat
-from auditwatch.scenarios import AT_EMPTY_PATH, _execveat, token
+from auditwatch.scenarios import ScenarioUnavailable, Sleepers, token, wait_exe
 from auditwatch.sweep import PF_KTHREAD, SweepStats, classify, sweep
 
 BTIME = 1_700_000_000
@@ -134,103 +129,11 @@ def test_classify(exe: str, nlink: int | None, replacement: bool, expected: str 
 
 # --- real processes --------------------------------------------------------------------------
 
-def _wait_exe(pid: int, want: Callable[[str], bool], timeout: float = 10.0) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            exe = os.readlink(f"/proc/{pid}/exe")
-        except OSError:
-            exe = ""
-        if want(exe):
-            return exe
-        time.sleep(0.01)
-    raise AssertionError(f"pid {pid} never reached the expected image (last: {exe!r})")
-
-
-def _children_of(ppid: int) -> list[int]:
-    out = []
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                raw = Path(f"/proc/{name}/stat").read_bytes()
-            except OSError:
-                continue
-            if int(raw[raw.rindex(b")") + 2 :].split()[1]) == ppid:
-                out.append(int(name))
-    return out
-
-
-class Sleepers:
-    """Starts real sleepers; kills every one of them at the end."""
-
-    def __init__(self, tmp: Path) -> None:
-        self.tmp = tmp
-        self.pids: list[int] = []
-        self.procs: list[subprocess.Popen[bytes]] = []
-        self.sleep = Path(shutil.which("sleep") or "/bin/sleep").read_bytes()
-
-    def memfd(self, name: str) -> tuple[int, os.stat_result]:
-        """fork; the child execveat(AT_EMPTY_PATH)s a memfd copy of sleep."""
-        fd = os.memfd_create(name, 0)
-        os.write(fd, self.sleep)
-        pid = os.fork()
-        if pid == 0:
-            try:
-                _execveat(fd, b"", ["sleep", "30"], AT_EMPTY_PATH)
-            finally:
-                os._exit(127)
-        self.pids.append(pid)
-        st = os.fstat(fd)
-        os.close(fd)
-        _wait_exe(pid, lambda exe: exe == f"/memfd:{name} (deleted)")
-        return pid, st
-
-    def memfd_in_new_namespaces(self, name: str) -> int:
-        """``unshare -fpm --mount-proc``: a memfd sleeper as pid 1 of new PID+mount namespaces."""
-        if shutil.which("unshare") is None:
-            kernel_unavailable("unshare(1) not installed")
-        script = ("import os,sys; fd = os.memfd_create(sys.argv[1], 0); "
-                  "os.write(fd, open('/bin/sleep', 'rb').read()); "
-                  "os.execv(f'/proc/self/fd/{fd}', ['sleep', '30'])")
-        p = subprocess.Popen(["unshare", "-fpm", "--mount-proc", "--kill-child",
-                              sys.executable, "-c", script, name])
-        self.procs.append(p)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and not (kids := _children_of(p.pid)):
-            if p.poll() is not None:
-                kernel_unavailable(f"unshare -fpm failed (exit {p.returncode})")
-            time.sleep(0.01)
-        assert kids, "unshare started no child"
-        self.pids.append(kids[0])
-        _wait_exe(kids[0], lambda exe: exe == f"/memfd:{name} (deleted)")
-        return kids[0]
-
-    def from_disk(self, path: Path) -> int:
-        path.write_bytes(self.sleep)
-        path.chmod(0o755)
-        p = subprocess.Popen([str(path), "30"])  # returns once the exec succeeded
-        self.procs.append(p)
-        _wait_exe(p.pid, lambda exe: exe == str(path))
-        return p.pid
-
-    def close(self) -> None:
-        for p in self.procs:
-            p.kill()
-        for pid in self.pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        for p in self.procs:
-            p.wait(timeout=10)
-        for pid in self.pids:
-            with contextlib.suppress(ChildProcessError):  # the one in the namespaces is not ours
-                os.waitpid(pid, 0)
-
-
 @pytest.fixture
-def sleepers(tmp_path: Path) -> Iterator[Sleepers]:
+def sleepers() -> Iterator[Sleepers]:
     if os.geteuid() != 0:
         kernel_unavailable("needs root: /proc/PID/exe of other users and namespaces")
-    s = Sleepers(tmp_path)
+    s = Sleepers()
     try:
         yield s
     finally:
@@ -246,7 +149,10 @@ def test_sweep_finds_running_memfd_processes(sleepers: Sleepers) -> None:
     name, ns_name = token(), token()
     started = time.time_ns()
     pid, st = sleepers.memfd(name)
-    ns_pid = sleepers.memfd_in_new_namespaces(ns_name)
+    try:
+        ns_pid = sleepers.memfd_in_new_namespaces(ns_name)
+    except ScenarioUnavailable as e:
+        kernel_unavailable(str(e))
     stats = SweepStats()
     found = _by_pid(sweep(stats=stats))
 
@@ -286,7 +192,7 @@ def test_sweep_skips_replaced_binaries_and_reports_unlinked_ones(sleepers: Sleep
         shm_pid = sleepers.from_disk(shm)
     finally:
         shm.unlink()                            # /dev/shm/NAME (deleted): still reported
-    _wait_exe(replaced_pid, lambda exe: exe.endswith(" (deleted)"))
+    wait_exe(replaced_pid, lambda exe: exe.endswith(" (deleted)"))
 
     stats = SweepStats()
     found = _by_pid(sweep(stats=stats))

@@ -8,19 +8,13 @@ Without rsyslogd the tests skip, except in CI (``CI=true``) where they fail.
 from __future__ import annotations
 
 import os
-import shutil
-import signal
-import socket
-import subprocess
 import time
 from collections import Counter
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import IN_CI
 from rfc5424_reader import parse_rfc5424
+from rsyslog_server import Received, Rsyslog, free_port
 
 from auditwatch.config import FACILITIES, SyslogOutputConfig
 from auditwatch.events import ExecEvent
@@ -30,7 +24,6 @@ from auditwatch.outputs.jsonl import JsonlOutput
 from auditwatch.outputs.syslog import SyslogOutput, format_rfc5424
 from auditwatch.text import decode_untrusted
 
-RSYSLOGD = shutil.which("rsyslogd") or "/usr/sbin/rsyslogd"
 HOST = "sensor-1"
 
 HOSTILE = [
@@ -42,130 +35,6 @@ HOSTILE = [
     "crlf\r\n<14>next",
     "]]]\"\"\"\\\\\\",
 ]
-
-
-def _free_port() -> int:
-    """A port free for both TCP and UDP on 127.0.0.1."""
-    for _ in range(50):
-        with socket.socket() as t:
-            t.bind(("127.0.0.1", 0))
-            port = t.getsockname()[1]
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-                try:
-                    u.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-            return port
-    raise RuntimeError("no free port")
-
-
-@dataclass(frozen=True)
-class Received:
-    input: str
-    msgid: str
-    sd: str
-    raw: bytes
-
-
-class Rsyslog:
-    def __init__(self, workdir: Path) -> None:
-        self.dir = workdir
-        self.udp_port = _free_port()
-        self.tcp_port = _free_port()
-        self.sock = workdir / "log.sock"
-        self.out = workdir / "received.log"
-        self.conf = workdir / "rsyslog.conf"
-        self.pidfile = workdir / "rsyslogd.pid"
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.conf.write_text(f"""
-global(workDirectory="{workdir}" maxMessageSize="64k")
-module(load="imudp")
-module(load="imtcp")
-module(load="imuxsock" SysSock.Use="off")
-input(type="imudp" address="127.0.0.1" port="{self.udp_port}" ruleset="raw")
-input(type="imtcp" address="127.0.0.1" port="{self.tcp_port}" ruleset="raw")
-input(type="imuxsock" socket="{self.sock}" useSpecialParser="off" ruleset="raw")
-template(name="raw" type="string"
-         string="%inputname%\\t%msgid%\\t%structured-data%\\t%rawmsg%\\n")
-ruleset(name="raw") {{ action(type="omfile" file="{self.out}" template="raw") }}
-""")
-
-    def start(self) -> None:
-        self.pidfile.unlink(missing_ok=True)
-        log = open(self.dir / "rsyslogd.stderr", "ab")  # noqa: SIM115 - lives with the process
-        self.proc = subprocess.Popen([RSYSLOGD, "-n", "-f", str(self.conf), "-i",
-                                      str(self.pidfile)], stdout=log, stderr=log)
-        log.close()
-        self._wait_ready()
-
-    def _wait_ready(self) -> None:
-        deadline = time.monotonic() + 10
-        probe = b"<13>1 - probe probe - probe -"
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-            while time.monotonic() < deadline:
-                assert self.proc is not None and self.proc.poll() is None, self.stderr()
-                try:
-                    socket.create_connection(("127.0.0.1", self.tcp_port), timeout=0.2).close()
-                    u.sendto(probe, ("127.0.0.1", self.udp_port))
-                    seen = self.records(probes=True)
-                    if self.sock.exists() and any(r.msgid == "probe" for r in seen):
-                        return
-                except OSError:
-                    pass
-                time.sleep(0.05)
-        raise AssertionError(f"rsyslogd did not come up: {self.stderr()}")
-
-    def stderr(self) -> str:
-        p = self.dir / "rsyslogd.stderr"
-        return p.read_text(errors="replace") if p.exists() else ""
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
-        self.proc = None
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        self.proc = None
-
-    def records(self, probes: bool = False) -> list[Received]:
-        if not self.out.exists():
-            return []
-        result = []
-        for line in self.out.read_bytes().split(b"\n"):
-            if not line:
-                continue
-            inp, msgid, sd, raw = line.split(b"\t", 3)
-            result.append(Received(inp.decode(), msgid.decode(), sd.decode(), raw))
-        return [r for r in result if probes or r.msgid != "probe"]
-
-    def wait_for(self, pred: object, timeout: float) -> list[Received]:
-        deadline = time.monotonic() + timeout
-        while True:
-            recs = self.records()
-            if pred(recs) or time.monotonic() > deadline:  # type: ignore[operator]
-                return recs
-            time.sleep(0.05)
-
-
-@pytest.fixture
-def rsyslog(tmp_path: Path) -> Iterator[Rsyslog]:
-    if not os.path.exists(RSYSLOGD):
-        if IN_CI:
-            pytest.fail("rsyslogd is not installed in CI (apt-get install rsyslog)")
-        pytest.skip("rsyslogd not installed")
-    server = Rsyslog(tmp_path)
-    try:
-        server.start()
-        yield server
-    finally:
-        server.stop()
 
 
 def finding(seq: int, name: str = "payload", argv: tuple[str, ...] = ("payload",)) -> Finding:
@@ -314,7 +183,7 @@ def test_receiver_outage_30s(rsyslog: Rsyslog, tmp_path: Path) -> None:
 
 def test_absent_receiver_never_blocks(tmp_path: Path) -> None:
     """No receiver at all (unix socket missing, TCP refused): write() stays O(1), drops counted."""
-    port = _free_port()
+    port = free_port()
     outs = [output(f"unix:{tmp_path}/none.sock", 10), output(f"tcp://127.0.0.1:{port}", 10)]
     try:
         worst = 0.0
@@ -325,6 +194,10 @@ def test_absent_receiver_never_blocks(tmp_path: Path) -> None:
                 worst = max(worst, time.perf_counter() - t0)
         assert worst < 0.05
         for out in outs:
+            # the sender thread may not have tried its first connect yet (bounded wait)
+            deadline = time.monotonic() + 5
+            while out.counters()["connect_errors"] < 1 and time.monotonic() < deadline:
+                time.sleep(0.01)
             c = out.counters()
             assert c["sent"] == 0 and c["dropped"] >= 1000 - 11 and c["connect_errors"] >= 1
     finally:

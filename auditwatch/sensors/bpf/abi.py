@@ -33,6 +33,9 @@ F_PATH_TRUNC: Final = 2
 F_PATH_DETACHED: Final = 4
 F_SCRIPT_MEMFD: Final = 8
 
+# parent_flags: F_PATH_TRUNC / F_PATH_DETACHED of the parent's walk, and
+PF_KNOWN: Final = 1    # the parent's exe_file was read at exec time: parent_* fields are valid
+
 # per-CPU counters (array map "counters"), by index
 COUNTERS: Final = ("execs_seen", "events_emitted", "rb_drops", "scripts_stashed")
 
@@ -51,6 +54,7 @@ class ExecRecord(ctypes.Structure):
         ("sb_magic", ctypes.c_uint64),
         ("script_ino", ctypes.c_uint64),
         ("script_sb_magic", ctypes.c_uint64),
+        ("parent_ino", ctypes.c_uint64),
         ("tgid", ctypes.c_uint32),
         ("pid", ctypes.c_uint32),
         ("old_pid", ctypes.c_uint32),
@@ -69,14 +73,20 @@ class ExecRecord(ctypes.Structure):
         ("reasons", ctypes.c_uint32),
         ("flags", ctypes.c_uint32),
         ("pad0", ctypes.c_uint32),
+        ("parent_dev", ctypes.c_uint32),
+        ("parent_nlink", ctypes.c_uint32),
+        ("parent_flags", ctypes.c_uint32),
         ("path_len", ctypes.c_uint16),
         ("depth", ctypes.c_uint16),
         ("argv_len", ctypes.c_uint16),
         ("script_argi", ctypes.c_uint16),
+        ("parent_path_len", ctypes.c_uint16),
+        ("parent_depth", ctypes.c_uint16),
         ("comm", ctypes.c_char * COMM_LEN),
         ("filename", ctypes.c_char * FILENAME_BUF),
         ("script_name", ctypes.c_char * NAME_BUF),
         ("path", ctypes.c_char * PATH_BUF),
+        ("parent_path", ctypes.c_char * PATH_BUF),
         ("argv", ctypes.c_char * ARGV_BUF),
     ]
 

@@ -7,6 +7,9 @@ lengths do not fit raises ``DecodeError``; the sensor counts those and carries o
 ``exe`` is written the way the kernel prints the path of an image (``/proc/PID/exe``):
 ``/memfd:NAME (deleted)`` for a memfd, ``PATH (deleted)`` for an unlinked file, ``PATH`` otherwise.
 A path the walk could not finish (deeper than the kernel walk goes) starts with ``.../``.
+``parent_exe`` is the parent's image read by the kernel at exec time
+(``real_parent->mm->exe_file``), written the same way; None when the kernel could not read it (a
+kernel thread, a parent past ``exit_mm``): the daemon then falls back to ``/proc/PPID/exe``.
 """
 
 from __future__ import annotations
@@ -30,11 +33,11 @@ def _cstr(raw: bytes) -> bytes:
     return raw.split(b"\0", 1)[0]
 
 
-def _names(rec: abi.ExecRecord) -> list[bytes]:
-    """The dentry names the kernel walked, leaf first."""
-    raw = ctypes.string_at(ctypes.addressof(rec) + abi.ExecRecord.path.offset, rec.path_len)
+def _names(rec: abi.ExecRecord, offset: int, length: int, depth: int) -> list[bytes]:
+    """The dentry names the kernel walked into the buffer at ``offset``, leaf first."""
+    raw = ctypes.string_at(ctypes.addressof(rec) + offset, length)
     names = raw.split(b"\0")
-    return [n for n in names[: rec.depth] if n]
+    return [n for n in names[:depth] if n]
 
 
 def _argv(rec: abi.ExecRecord) -> tuple[str, ...]:
@@ -46,13 +49,23 @@ def _argv(rec: abi.ExecRecord) -> tuple[str, ...]:
     return tuple(decode_untrusted(a) for a in raw.split(b"\0"))
 
 
-def _exe(rec: abi.ExecRecord, names: list[bytes]) -> str:
+def _kernel_path(names: list[bytes], flags: int, nlink: int) -> str:
+    """A walked path as the kernel prints an image's (``/proc/PID/exe``)."""
     path = "/" + "/".join(decode_untrusted(n) for n in reversed(names))
-    if rec.flags & abi.F_PATH_TRUNC:
+    if flags & abi.F_PATH_TRUNC:
         path = TRUNCATED_PATH_PREFIX + path[1:]
-    if rec.nlink == 0:
+    if nlink == 0:
         path += DELETED
     return path
+
+
+def _parent_exe(rec: abi.ExecRecord) -> str | None:
+    if not rec.parent_flags & abi.PF_KNOWN:
+        return None
+    names = _names(rec, abi.ExecRecord.parent_path.offset, rec.parent_path_len, rec.parent_depth)
+    if not names:
+        return None
+    return _kernel_path(names, rec.parent_flags, rec.parent_nlink)
 
 
 def _check(raw: bytes) -> abi.ExecRecord:
@@ -65,6 +78,8 @@ def _check(raw: bytes) -> abi.ExecRecord:
         raise DecodeError(f"argv_len {rec.argv_len} overruns a {len(raw)}-byte record")
     if rec.path_len > abi.PATH_BUF:
         raise DecodeError(f"path_len {rec.path_len} > {abi.PATH_BUF}")
+    if rec.parent_path_len > abi.PATH_BUF:
+        raise DecodeError(f"parent_path_len {rec.parent_path_len} > {abi.PATH_BUF}")
     if rec.reasons == 0:
         raise DecodeError("record without a reason")
     return rec
@@ -77,7 +92,7 @@ def decode(raw: bytes, boot_to_wall_ns: int) -> ExecEvent:
     ``bpf_ktime_get_boot_ns``); ``monotonic_ns`` keeps the raw stamp for correlation.
     """
     rec = _check(raw)
-    names = _names(rec)
+    names = _names(rec, abi.ExecRecord.path.offset, rec.path_len, rec.depth)
     leaf = names[0] if names else b""
     memfd_name = None
     # A real memfd's dentry is its own root (not reachable from any mount); a linked file that
@@ -106,7 +121,7 @@ def decode(raw: bytes, boot_to_wall_ns: int) -> ExecEvent:
         uid=rec.uid,
         euid=rec.euid,
         comm=decode_untrusted(_cstr(rec.comm)),
-        exe=_exe(rec, names),
+        exe=_kernel_path(names, rec.flags, rec.nlink),
         exec_path=exec_path,
         argv=argv,
         argv_truncated=bool(rec.flags & abi.F_ARGV_TRUNC),
@@ -121,6 +136,7 @@ def decode(raw: bytes, boot_to_wall_ns: int) -> ExecEvent:
         mnt_ns=rec.mnt_ns or None,
         pid_ns=rec.pid_ns or None,
         cgroup=str(rec.cgroup_id) if rec.cgroup_id else None,
+        parent_exe=_parent_exe(rec),
         monotonic_ns=rec.boot_ns,
     )
 

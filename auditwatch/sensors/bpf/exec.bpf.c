@@ -23,6 +23,12 @@
  * argv[0] and the loader's options; when it is an fd path whose file has nlink 0 or is a memfd,
  * the record carries it as the fd target (R_LOADER, script_* fields, script_argi its argv index).
  *
+ * Parent: for a record that is sent (never for the filtered-out majority), the parent's image at
+ * exec time, as the kernel resolves it: real_parent->mm->exe_file (NULL mm: a kernel thread, or
+ * a parent past exit_mm), walked like the image (parent_path, parent_* fields, parent_flags).
+ * Read here rather than from /proc/PPID/exe later: a parent that execs another image right after
+ * its child's exec cannot pass for that image.
+ *
  * The event layout is mirrored by abi.py (ctypes); tests compare both with this object's BTF.
  * Timestamps are bpf_ktime_get_boot_ns() (CLOCK_BOOTTIME); user space adds wall - boottime.
  */
@@ -66,6 +72,9 @@ char LICENSE[] SEC("license") = "GPL";
 #define F_PATH_DETACHED 4       /* stopped at a dentry that is its own root (memfd, pipe...) */
 #define F_SCRIPT_MEMFD 8
 
+/* parent_flags: F_PATH_TRUNC and F_PATH_DETACHED of the parent's walk, and */
+#define PF_KNOWN 1              /* the parent's exe_file was read: parent_* fields are valid */
+
 enum counter { C_EXECS = 0, C_EMITTED = 1, C_DROPS = 2, C_STASHED = 3, C_MAX = 4 };
 
 struct aw_exec_event {
@@ -75,6 +84,7 @@ struct aw_exec_event {
 	u64 sb_magic;
 	u64 script_ino;
 	u64 script_sb_magic;
+	u64 parent_ino;         /* the parent's image (real_parent->mm->exe_file) at exec time */
 	u32 tgid;
 	u32 pid;
 	u32 old_pid;
@@ -93,14 +103,20 @@ struct aw_exec_event {
 	u32 reasons;
 	u32 flags;
 	u32 pad0;
+	u32 parent_dev;
+	u32 parent_nlink;
+	u32 parent_flags;
 	u16 path_len;           /* bytes of path[] used: NUL-terminated names, leaf first */
 	u16 depth;              /* number of names in path[] */
 	u16 argv_len;           /* bytes of argv[] sent (the record ends there) */
 	u16 script_argi;        /* R_LOADER: index of the argv string naming the fd target */
+	u16 parent_path_len;    /* as path_len/depth, for parent_path[] */
+	u16 parent_depth;
 	char comm[COMM_LEN];
 	char filename[FILENAME_BUF];
 	char script_name[NAME_BUF];
 	char path[PATH_BUF];
+	char parent_path[PATH_BUF];
 	char argv[ARGV_BUF];
 };
 
@@ -281,7 +297,7 @@ static __always_inline struct file *fd_file(int fd)
 }
 
 struct walk {
-	struct aw_exec_event *e;
+	char *buf;              /* PATH_BUF bytes in the event: path[] or parent_path[] */
 	struct dentry *d;
 	struct mount *mnt;
 	struct vfsmount *vmnt;
@@ -290,13 +306,14 @@ struct walk {
 	u32 second;
 	u32 depth;
 	u32 done;
+	u32 flags;              /* F_PATH_DETACHED, F_PATH_TRUNC */
 };
 
 /* One step of the dentry walk (a bpf_loop callback: verified once, not per iteration). */
 static long walk_step(u64 index, struct walk *w)
 {
 	/* locals only: a BPF_CORE_READ(w->x, ...) would record struct walk as a CO-RE access */
-	struct aw_exec_event *e = w->e;
+	char *buf = w->buf;
 	struct dentry *d = w->d;
 	struct mount *mnt = w->mnt;
 	struct vfsmount *vmnt = w->vmnt;
@@ -318,7 +335,7 @@ static long walk_step(u64 index, struct walk *w)
 	}
 	if (w->off >= PATH_LOGICAL)
 		return 1;
-	n = bpf_probe_read_kernel_str(&e->path[w->off & (PATH_LOGICAL - 1)], NAME_BUF,
+	n = bpf_probe_read_kernel_str(&buf[w->off & (PATH_LOGICAL - 1)], NAME_BUF,
 				      BPF_CORE_READ(d, d_name.name));
 	if (n <= 0)
 		return 1;
@@ -327,7 +344,7 @@ static long walk_step(u64 index, struct walk *w)
 	w->off += n;
 	w->depth++;
 	if (d == parent) {      /* its own root, not the mount's: memfd, anon files */
-		e->flags |= F_PATH_DETACHED;
+		w->flags |= F_PATH_DETACHED;
 		w->done = 1;
 		return 1;
 	}
@@ -335,26 +352,66 @@ static long walk_step(u64 index, struct walk *w)
 	return 0;
 }
 
-/* Fill e->path with the names from the file's dentry up to its mount-namespace root, crossing
- * mounts as d_path does. Returns R_SHM when the path is /dev/shm/... or /run/shm/... */
+/* Fill buf (PATH_BUF bytes) with the names from the file's dentry up to its mount-namespace
+ * root, crossing mounts as d_path does: NUL-terminated, leaf first. w->off is the bytes used,
+ * w->depth the names, w->flags F_PATH_DETACHED / F_PATH_TRUNC. */
+static __always_inline void walk_file(struct walk *w, struct file *file, char *buf)
+{
+	w->buf = buf;
+	w->d = BPF_CORE_READ(file, f_path.dentry);
+	w->vmnt = BPF_CORE_READ(file, f_path.mnt);
+	w->mnt = (void *)w->vmnt - bpf_core_field_offset(struct mount, mnt);
+	bpf_loop(MAX_DEPTH, walk_step, w, 0);
+	if (!w->done)
+		w->flags |= F_PATH_TRUNC;
+	if (w->off > PATH_BUF)
+		w->off = PATH_BUF;
+}
+
+/* The image's path into e->path. Returns R_SHM when it is /dev/shm/... or /run/shm/... */
 static __always_inline u32 walk_path(struct aw_exec_event *e, struct file *file)
 {
 	struct walk w = {};
 
-	w.e = e;
-	w.d = BPF_CORE_READ(file, f_path.dentry);
-	w.vmnt = BPF_CORE_READ(file, f_path.mnt);
-	w.mnt = (void *)w.vmnt - bpf_core_field_offset(struct mount, mnt);
-	bpf_loop(MAX_DEPTH, walk_step, &w, 0);
-	if (!w.done)
-		e->flags |= F_PATH_TRUNC;
-	e->path_len = w.off > PATH_BUF ? PATH_BUF : w.off;
+	walk_file(&w, file, e->path);
+	e->flags |= w.flags;
+	e->path_len = w.off;
 	e->depth = w.depth;
-	if (w.done && !(e->flags & F_PATH_DETACHED) && w.depth >= 3 &&
+	if (w.done && !(w.flags & F_PATH_DETACHED) && w.depth >= 3 &&
 	    is_name(e->path, w.second, 's', 'h', 'm') &&
 	    (is_name(e->path, w.top, 'd', 'e', 'v') || is_name(e->path, w.top, 'r', 'u', 'n')))
 		return R_SHM;
 	return 0;
+}
+
+/* The parent's image at exec time (real_parent->mm->exe_file), for a record that is sent.
+ * real_parent is RCU-protected: the program runs inside the tracepoint's RCU read section and
+ * every pointer is read with bpf_probe_read_kernel (CO-RE), which faults to 0, never oopses. */
+static __always_inline void parent_exe(struct aw_exec_event *e, struct task_struct *task)
+{
+	struct mm_struct *mm = BPF_CORE_READ(task, real_parent, mm);
+	struct file *file = NULL;
+	struct inode *inode;
+	struct walk w = {};
+
+	e->parent_flags = 0;
+	e->parent_ino = 0;
+	e->parent_dev = 0;
+	e->parent_nlink = 0;
+	e->parent_path_len = 0;
+	e->parent_depth = 0;
+	if (mm)         /* NULL: a kernel thread, or a parent past exit_mm */
+		file = BPF_CORE_READ(mm, exe_file);
+	if (!file)
+		return;
+	inode = BPF_CORE_READ(file, f_inode);
+	e->parent_ino = BPF_CORE_READ(inode, i_ino);
+	e->parent_dev = BPF_CORE_READ(inode, i_sb, s_dev);
+	e->parent_nlink = BPF_CORE_READ(inode, i_nlink);
+	walk_file(&w, file, e->parent_path);
+	e->parent_path_len = w.off;
+	e->parent_depth = w.depth;
+	e->parent_flags = PF_KNOWN | w.flags;
 }
 
 static __always_inline u32 ns_nr(struct pid *pid, u32 level)
@@ -615,6 +672,7 @@ static __always_inline int on_exec(struct file *file, const char *filename, u32 
 	e->old_pid = old_pid;
 	e->pad0 = 0;
 	fill_task(e, task);
+	parent_exe(e, task);
 	bpf_probe_read_kernel_str(e->filename, sizeof(e->filename), filename);
 	if (!have_argv)
 		read_argv(e, task);

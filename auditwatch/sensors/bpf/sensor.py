@@ -261,6 +261,17 @@ class BpfExecSource:
         except SensorError:
             return False
 
+    def destroy_links(self) -> None:
+        """Detach the programs (destroy our links) but keep the object, ring buffer and counters:
+        what an external detach would do. For tests of the detach health path on kernels that
+        refuse ``BPF_LINK_DETACH`` for tracing links (EOPNOTSUPP), where nothing else can."""
+        if self._lib is None:
+            return
+        for link in reversed(self._links):
+            self._lib.destroy_link(link)
+        self._links.clear()
+        self._link_fds.clear()
+
     def close(self) -> None:
         self._rollback()
         self._pending.clear()
