@@ -26,14 +26,21 @@ fi
 # Debian's own python3 refuses pip installs (PEP 668) unless told; a pyenv python ignores this.
 PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install -q --disable-pip-version-check -e '.[test]'
 
-# auditd: no systemd on these machines, so start it directly when it is not running.
-if ! pgrep -x auditd >/dev/null; then
+# auditd: no systemd on these machines, so start it directly when it is not running. "Running"
+# is what the kernel says (the registered audit pid is alive), not a process name.
+auditd_alive() {
+  local pid
+  pid=$(auditctl -s 2>/dev/null | awk '$1 == "pid" {print $2}')
+  [ -n "$pid" ] && [ "$pid" != 0 ] && [ -d "/proc/$pid" ] && ! grep -q '^State:.*Z' "/proc/$pid/status"
+}
+if ! auditd_alive; then
   if command -v systemctl >/dev/null && systemctl is-system-running >/dev/null 2>&1; then
     systemctl start auditd
   else
     auditd
   fi
 fi
-for _ in $(seq 50); do auditctl -s | grep -q "^pid [1-9]" && break; sleep 0.1; done
+for _ in $(seq 50); do auditd_alive && break; sleep 0.1; done
+auditd_alive || { echo "setup: auditd did not start" >&2; exit 1; }
 auditctl -e 1 >/dev/null
 python3 -m auditwatch rules --install

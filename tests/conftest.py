@@ -26,7 +26,16 @@ def kernel_unavailable(reason: str) -> None:
 
 
 def _auditd_running() -> bool:
-    return subprocess.run(["pgrep", "-x", "auditd"], capture_output=True).returncode == 0
+    """The kernel's registered audit daemon is alive (a process name could be a zombie)."""
+    status = subprocess.run(["auditctl", "-s"], capture_output=True, text=True).stdout
+    pids = [line.split()[1] for line in status.splitlines() if line.startswith("pid ")]
+    if not pids or pids[0] == "0":
+        return False
+    try:
+        with open(f"/proc/{pids[0]}/status") as f:
+            return not any(line.startswith("State:") and "Z" in line for line in f)
+    except OSError:
+        return False
 
 
 @pytest.fixture
