@@ -113,7 +113,9 @@ def _sources(config: Config, names: Sequence[Sensor]) -> list[Source]:
             from auditwatch.sensors.bpf.sensor import BpfExecSource
             sources.append(BpfExecSource())
         elif name == "audit":
-            sources.append(AuditNetlinkSource(rcvbuf=config.audit.netlink_rcvbuf))
+            sources.append(AuditNetlinkSource(
+                rcvbuf=config.audit.netlink_rcvbuf,
+                event_timeout_ns=config.audit.event_timeout_ms * 1_000_000))
     return sources
 
 
@@ -134,6 +136,7 @@ class _Signals:
 
 def run(config_path: str | None, sensors: Sequence[str] | None, output_specs: Sequence[str] | None,
         duration_s: float | None, *, sweep: bool = True) -> int:
+    signals = _Signals()  # first: a SIGHUP/SIGTERM during start-up must not kill us mid-load
     config = _load(config_path)
     setup_logging(config.log_level)
     outputs = _outputs(config, output_specs)
@@ -150,7 +153,7 @@ def run(config_path: str | None, sensors: Sequence[str] | None, output_specs: Se
         logger.info("auditwatch running: sensors={}", ",".join(live))
         if sweep:
             _sweep(engine)
-        _loop(engine, duration_s, config_path, output_specs, outputs, config, monitor)
+        _loop(engine, signals, duration_s, config_path, outputs, config, monitor)
     finally:
         engine.close()
         outputs.close()
@@ -242,10 +245,8 @@ def _sweep(engine: Engine) -> None:
             engine.sink(finding)
 
 
-def _loop(engine: Engine, duration_s: float | None, config_path: str | None,
-          output_specs: Sequence[str] | None, outputs: FanOut, config: Config,
-          monitor: HealthMonitor | None = None) -> None:
-    signals = _Signals()
+def _loop(engine: Engine, signals: _Signals, duration_s: float | None, config_path: str | None,
+          outputs: FanOut, config: Config, monitor: HealthMonitor | None = None) -> None:
     started = time.time()
     deadline = None if duration_s is None else time.monotonic() + duration_s
     next_status = 0.0

@@ -26,6 +26,7 @@ from auditwatch.finding import HealthInfo, exec_finding, to_json
 from auditwatch.hostinfo import memfd_devices
 from auditwatch.rules import install_rules, rules_loaded, rules_text
 from auditwatch.sensors.audit_netlink import AuditNetlinkSource
+from tests.conftest import kernel_unavailable
 
 pytestmark = pytest.mark.kernel
 
@@ -208,7 +209,7 @@ def test_overflow_is_counted_and_survived(rules: None) -> None:
 
 def test_without_cap_audit_read_is_unavailable(rules: None) -> None:
     if shutil.which("setpriv") is None:
-        pytest.skip("setpriv (util-linux) not installed")
+        kernel_unavailable("setpriv (util-linux) not installed")
     code = ("from auditwatch.sensors.audit_netlink import AuditNetlinkSource\n"
             "from auditwatch.errors import SensorUnavailable\n"
             "try:\n    AuditNetlinkSource().load()\nexcept SensorUnavailable as e:\n"

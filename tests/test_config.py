@@ -22,6 +22,7 @@ from auditwatch.config import (
     parse_output_spec,
 )
 from auditwatch.errors import ConfigError, UsageError
+from tests.conftest import kernel_unavailable
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "config.yaml.example"
@@ -228,7 +229,7 @@ def test_no_python_objects(tmp_path: Path) -> None:
 @pytest.fixture
 def safe_dir(tmp_path: Path) -> Path:
     if os.geteuid() != 0:
-        pytest.skip("permission checks expect root-owned files")
+        kernel_unavailable("permission checks expect root-owned files (run as root)")
     d = tmp_path / "etc-auditwatch"
     d.mkdir(mode=0o755)
     d.chmod(0o755)

@@ -71,8 +71,10 @@ class AuditEvent:
 
 
 class Grouper:
-    def __init__(self, max_inflight: int = MAX_INFLIGHT) -> None:
+    def __init__(self, max_inflight: int = MAX_INFLIGHT,
+                 timeout_ns: int = INFLIGHT_TIMEOUT_NS) -> None:
         self._max_inflight = max_inflight
+        self._timeout_ns = timeout_ns
         self._inflight: OrderedDict[tuple[int, int], list[AuditRecord]] = OrderedDict()
         self._done: OrderedDict[tuple[int, int], None] = OrderedDict()
         self._gaps: list[list[int]] = []  # [lo, hi] inclusive, oldest first
@@ -115,8 +117,9 @@ class Grouper:
         return out
 
     def flush(self, now_ns: int) -> list[AuditEvent]:
-        """End events whose time is more than ``INFLIGHT_TIMEOUT_NS`` before ``now_ns``."""
-        limit = now_ns - INFLIGHT_TIMEOUT_NS
+        """End events whose time is more than the timeout (``INFLIGHT_TIMEOUT_NS`` unless told
+        otherwise) before ``now_ns``."""
+        limit = now_ns - self._timeout_ns
         old = [k for k in self._inflight if k[0] < limit]
         return [self._finish(k, self._inflight.pop(k), complete=False, reason="ended_timeout")
                 for k in old]

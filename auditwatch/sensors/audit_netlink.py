@@ -23,7 +23,7 @@ from collections.abc import Collection
 from typing import Final
 
 from auditwatch.audit.execs import ExecExtractor
-from auditwatch.audit.grouper import AuditEvent, Grouper
+from auditwatch.audit.grouper import INFLIGHT_TIMEOUT_NS, AuditEvent, Grouper
 from auditwatch.audit.records import AuditParseError, AuditRecord, parse_netlink, text, untrusted
 from auditwatch.errors import SensorError, SensorUnavailable
 from auditwatch.events import ExecEvent, Sensor
@@ -74,12 +74,13 @@ class AuditNetlinkSource:
     name: Sensor = "audit"
 
     def __init__(self, memfd_devs: Collection[int] | None = None, *, all_execs: bool = False,
-                 rcvbuf: int = RCVBUF_BYTES) -> None:
+                 rcvbuf: int = RCVBUF_BYTES,
+                 event_timeout_ns: int = INFLIGHT_TIMEOUT_NS) -> None:
         self._memfd_devs = memfd_devs
         self._all_execs = all_execs
         self._rcvbuf = rcvbuf
         self._sock: socket.socket | None = None
-        self.grouper = Grouper()
+        self.grouper = Grouper(timeout_ns=event_timeout_ns)
         self.extractor = ExecExtractor(all_execs=all_execs)
         self._health: list[HealthInfo] = []
         self._reported_missing = 0
