@@ -17,6 +17,7 @@ import pytest
 
 from auditwatch import scenarios
 from auditwatch.cli import main
+from tests.conftest import kernel_unavailable
 
 DATA = Path(__file__).parent / "data" / "audit"
 POSITIVE_LOGS = {"memfd_execveat": "memfd", "memfd_script": "memfd-script",
@@ -125,3 +126,47 @@ def test_human_line_on_stderr_when_it_is_a_tty(audit_ready: None, bpf_ready: Non
         proc.wait(timeout=20)
         os.close(master)
     assert b"TRC-105 fileless execution (memfd)" in seen, seen.decode(errors="replace")
+
+
+DROP_BPF_CAPS = ["setpriv", "--bounding-set=-bpf,-perfmon,-sys_admin",
+                 "--inh-caps=-bpf,-perfmon,-sys_admin"]
+
+
+@pytest.mark.kernel
+def test_missing_bpf_privilege_is_one_line_and_audit_carries_on(audit_ready: None,
+                                                                tmp_path: Path) -> None:
+    if shutil.which("setpriv") is None:
+        kernel_unavailable("setpriv (util-linux) not installed")
+    env = {**os.environ, "AUDITWATCH_STATUS": str(tmp_path / "status.json")}
+    run = [sys.executable, "-m", "auditwatch", "run", "--no-sweep", "--duration", "1",
+           "--output", f"jsonl:{tmp_path / 'f.jsonl'}"]
+    asked = subprocess.run([*DROP_BPF_CAPS, *run, "--sensors", "bpf"], capture_output=True,
+                           text=True, env=env, timeout=60)
+    assert asked.returncode == 1
+    assert asked.stderr.count("\n") == 1, asked.stderr
+    assert "CAP_BPF" in asked.stderr and "Traceback" not in asked.stderr
+    default = subprocess.run([*DROP_BPF_CAPS, *run], capture_output=True, text=True, env=env,
+                             timeout=60)
+    assert default.returncode == 0, default.stderr
+    assert "bpf sensor unavailable" in default.stderr and "CAP_BPF" in default.stderr
+    assert "sensors=audit" in default.stderr
+
+
+@pytest.mark.kernel
+def test_default_run_prints_findings_as_json_lines_on_stdout(audit_ready: None, bpf_ready: None,
+                                                            tmp_path: Path) -> None:
+    """No config file, no --output: JSON lines on stdout, the daemon's own logs on stderr."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "auditwatch", "run", "--no-sweep", "--duration", "6"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "AUDITWATCH_STATUS": str(tmp_path / "status.json")})
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        if "auditwatch running" in line:
+            break
+    tag = scenarios.memfd_execveat(scenarios.token()).argv[-1]
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    mine = [json.loads(line) for line in out.splitlines() if tag in line]
+    assert [f["Event"]["auditwatch"]["technique"] for f in mine] == ["memfd"]
+    assert all(line.startswith("{") for line in out.splitlines())

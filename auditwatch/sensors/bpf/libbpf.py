@@ -52,18 +52,19 @@ def lockdown_mode() -> str | None:
 
 
 def translate(err: int, what: str) -> SensorError:
-    """An errno from libbpf or the kernel -> our error, naming the likely cause."""
+    """An errno from libbpf or the kernel -> our error, naming the likely cause. A missing
+    privilege or kernel feature is one line saying what is missing; any other failure carries
+    libbpf's last messages (verifier, CO-RE) for whoever debugs it."""
     err = abs(err)
-    detail = _recent_log()
     if err in (errno.EPERM, errno.EACCES):
         mode = lockdown_mode()
         if mode is not None:
-            return SensorUnavailable(
-                f"{what}: kernel lockdown ({mode}) forbids BPF tracing{detail}")
-        return SensorUnavailable(f"{what}: {os.strerror(err)}: {NEEDS_PRIVILEGE}{detail}")
+            return SensorUnavailable(f"{what}: kernel lockdown ({mode}) forbids BPF tracing")
+        return SensorUnavailable(f"{what}: {os.strerror(err)}: {NEEDS_PRIVILEGE}")
     if err == errno.ENOENT and not os.path.exists(VMLINUX_BTF):
         return SensorUnavailable(f"{what}: kernel has no BTF ({VMLINUX_BTF} missing)")
-    return SensorError(f"{what}: {os.strerror(err) if err else 'failed'} (errno {err}){detail}")
+    return SensorError(f"{what}: {os.strerror(err) if err else 'failed'} (errno {err})"
+                       f"{_recent_log()}")
 
 
 def _recent_log() -> str:
