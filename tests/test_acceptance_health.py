@@ -306,7 +306,7 @@ def test_bpf_detached_in_process_gives_health_finding_and_audit_keeps_detecting(
 
 # --- 3. start-up sweep --------------------------------------------------------------------
 
-def test_sweep_reports_fileless_processes_started_before_thestarted(
+def test_sweep_reports_fileless_processes_started_before_the_daemon(
         tmp_path: Path, kernel_ready: None) -> None:
     _install_rules()
     sleepers = scenarios.Sleepers(seconds=60)
