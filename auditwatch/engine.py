@@ -75,12 +75,17 @@ class Engine:
 
     def pump(self, timeout_s: float = TICK_S) -> None:
         """One round: wait for any sensor (at most ``timeout_s``), drain, expire, check health."""
+        select_start = self.clock()
         for key, _ in self._selector.select(timeout_s):
             source: Source = key.data
             self.feed(source.read())
         now = self.clock()
         for source in self._loaded:
             self.feed(source.tick(now))
+            # A sensor not readable at the select, or drained since, has handed out all it had.
+            mark = source.watermark_ns(select_start)
+            if mark is not None:
+                self.pipeline.advance(source.name, mark)
         for finding in self.pipeline.flush(now):
             self.sink(finding)
         self._check_health(now)

@@ -67,6 +67,10 @@ class Pipeline:
             return []
         return self._detect(self.correlator.set_live_sensors(frozenset(live)))
 
+    def advance(self, sensor: Sensor, watermark_ns: int) -> None:
+        """``sensor`` has handed out every exec before ``watermark_ns``."""
+        self.correlator.advance(sensor, watermark_ns)
+
     def flush(self, now_ns: int) -> list[Finding]:
         return self._detect(self.correlator.flush(now_ns))
 

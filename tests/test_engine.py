@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass, field
 
 import pytest
@@ -24,6 +25,7 @@ class FakeSource:
     name: Sensor
     pending: list[ExecEvent] = field(default_factory=list)
     fail: type[Exception] | None = None
+    reports_watermark: bool = False
     loaded: bool = False
     closed: int = 0
 
@@ -49,6 +51,9 @@ class FakeSource:
 
     def tick(self, now_ns: int) -> list[ExecEvent]:
         return []
+
+    def watermark_ns(self, select_start_ns: int) -> int | None:
+        return select_start_ns if self.reports_watermark else None
 
     def take_health(self) -> list[HealthInfo]:
         return []
@@ -116,3 +121,29 @@ def test_memfd_device_learned_from_a_memfd_exec() -> None:
     memfd = ExecEvent(**{**{s: getattr(memfd, s) for s in memfd.__slots__}, "dev": 77})
     assert [f.technique for f in pipeline.feed(memfd)] == ["memfd"]
     assert 77 in pipeline.memfd_devs
+
+
+@pytest.mark.parametrize("watermarks", [True, False])
+def test_exec_one_sensor_missed_waits_a_window_when_the_other_reports_its_watermark(
+        watermarks: bool) -> None:
+    """The audit sensor saw nothing: with its watermark the BPF finding comes after the window
+    (50 ms here); without it, only after the hold for a lagging sensor (10 windows)."""
+    bpf = FakeSource("bpf", reports_watermark=watermarks)
+    audit = FakeSource("audit", reports_watermark=watermarks)
+    found: list[Finding] = []
+    pipeline = Pipeline(hostname="h", live_sensors={"bpf", "audit"}, window_ns=50_000_000)
+    engine = Engine([bpf, audit], pipeline, found.append)
+    engine.start()
+    event = exec_event(42, "/memfd:x (deleted)", sensor="bpf")
+    start = time.monotonic()
+    bpf.push(ExecEvent(**{**{k: getattr(event, k) for k in event.__slots__},
+                          "timestamp_ns": time.time_ns()}))
+    while not found and time.monotonic() - start < 2.0:
+        engine.pump(0.01)
+    took = time.monotonic() - start
+    engine.close()
+    assert [(f.sensors, f.missing_sensors) for f in found] == [(("bpf",), ("audit",))]
+    if watermarks:
+        assert took < 0.3, took
+    else:
+        assert took >= 0.45, took

@@ -133,6 +133,10 @@ class Grouper:
     def inflight(self) -> int:
         return len(self._inflight)
 
+    def oldest_inflight_ns(self) -> int | None:
+        """Event time of the oldest event still waiting for its end (None: nothing waits)."""
+        return min((k[0] for k in self._inflight), default=None)
+
     # --- internals ------------------------------------------------------------------------
 
     def _finish(self, key: tuple[int, int], records: list[AuditRecord], complete: bool,

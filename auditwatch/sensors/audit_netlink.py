@@ -36,6 +36,9 @@ SO_RCVBUFFORCE: Final = 33
 RCVBUF_BYTES: Final = 64 << 20
 RECV_BYTES: Final = 1 << 20        # one recv; a record is at most ~9 KB (MAX_AUDIT_MESSAGE_LENGTH)
 MAX_RECVS_PER_READ: Final = 256    # bound the work of one read() so the loop stays responsive
+# How far behind the kernel's own exec the multicast delivery may run when the socket is empty
+# (kauditd queues records): the watermark stays this much behind the loop's clock.
+DELIVERY_LAG_NS: Final = 100_000_000
 _NLMSGHDR = struct.Struct("=IHHII")
 _FIRST_EVENT_TYPE: Final = 1100    # 1000-1099 are audit control messages, not records
 _RULE_REMOVED_OPS: Final = frozenset({"remove_rule", "del_rule", "remove rule", "delete rule"})
@@ -83,6 +86,7 @@ class AuditNetlinkSource:
         self.grouper = Grouper(timeout_ns=event_timeout_ns)
         self.extractor = ExecExtractor(all_execs=all_execs)
         self._health: list[HealthInfo] = []
+        self._backlogged = False
         self._reported_missing = 0
         self._counts = {"records": 0, "parse_errors": 0, "enobufs": 0, "events_emitted": 0,
                         "tamper": 0}
@@ -126,10 +130,12 @@ class AuditNetlinkSource:
             return []
         out: list[ExecEvent] = []
         removed: list[str] = []
+        self._backlogged = True
         for _ in range(MAX_RECVS_PER_READ):
             try:
                 data = self._sock.recv(RECV_BYTES)
             except BlockingIOError:
+                self._backlogged = False
                 break
             except InterruptedError:
                 continue
@@ -151,6 +157,16 @@ class AuditNetlinkSource:
         out = self._extract(self.grouper.flush(now_ns))
         self._check_gaps()
         return out
+
+    def watermark_ns(self, select_start_ns: int) -> int | None:
+        """Every exec before this wall time has been handed out (or is in the grouper, waiting
+        for its end): lets correlation stop waiting for audit's view of an exec it missed.
+        None while a backlog remains on the socket."""
+        if self._sock is None or self._backlogged:
+            return None
+        mark = select_start_ns - DELIVERY_LAG_NS
+        oldest = self.grouper.oldest_inflight_ns()
+        return mark if oldest is None else min(mark, oldest - 1)
 
     def take_health(self) -> list[HealthInfo]:
         taken, self._health = self._health, []

@@ -29,6 +29,12 @@ class Source(Protocol):
     def tick(self, now_ns: int) -> list[ExecEvent]:
         """Expire buffered partial events older than the sensor's timeout (wall-clock ns)."""
 
+    def watermark_ns(self, select_start_ns: int) -> int | None:
+        """Every exec before this wall time (ns) has been handed out by ``read``/``tick``, given
+        that the loop drained this sensor after a select that began at ``select_start_ns``;
+        ``None`` when the sensor cannot say (a backlog remains). Lets correlation stop waiting
+        for a sensor that missed an exec."""
+
     def take_health(self) -> list[HealthInfo]:
         """Health observations (losses, drops, tamper) made since the last call."""
 

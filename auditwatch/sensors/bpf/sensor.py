@@ -225,6 +225,12 @@ class BpfExecSource:
     def tick(self, now_ns: int) -> list[ExecEvent]:
         return []   # nothing is buffered across reads
 
+    def watermark_ns(self, select_start_ns: int) -> int | None:
+        """Every exec before this wall time has been handed out: a record is committed to the
+        ring buffer during the exec itself, and the loop drains the buffer whenever it holds
+        any (it was empty, or read(), since the loop's select began)."""
+        return select_start_ns if self._rb is not None else None
+
     def kernel_counters(self) -> dict[str, int]:
         """The per-CPU counters of the BPF object, summed over CPUs."""
         if self._lib is None or self._counters_fd < 0:
