@@ -19,11 +19,15 @@ READY_MARK = "auditwatch running"
 class Daemon:
     """``auditwatch run`` writing JSON lines to a file; stderr collected for assertions."""
 
-    def __init__(self, tmp: Path, sensors: Sequence[str] | None, *extra: str) -> None:
-        self.out = tmp / "findings.jsonl"
+    def __init__(self, tmp: Path, sensors: Sequence[str] | None, *extra: str,
+                 config_jsonl: Path | None = None) -> None:
+        """``config_jsonl``: the outputs come from ``--config`` and one of them is this JSON
+        lines file (no ``--output`` given, it would replace the config's outputs)."""
+        self.out = config_jsonl if config_jsonl is not None else tmp / "findings.jsonl"
         self.status = tmp / "status.json"
-        args = [sys.executable, "-m", "auditwatch", "run", "--output", f"jsonl:{self.out}",
-                *extra]
+        args = [sys.executable, "-m", "auditwatch", "run", *extra]
+        if config_jsonl is None:
+            args += ["--output", f"jsonl:{self.out}"]
         if sensors:
             args += ["--sensors", ",".join(sensors)]
         env = {**os.environ, "AUDITWATCH_STATUS": str(self.status)}
@@ -117,9 +121,10 @@ def assert_scenarios_reported(daemon: Daemon, results: Sequence[Any],
     return found
 
 
-def started(tmp: Path, sensors: Sequence[str] | None, *extra: str) -> Daemon:
+def started(tmp: Path, sensors: Sequence[str] | None, *extra: str,
+            config_jsonl: Path | None = None) -> Daemon:
     """A daemon that is up (its sensors loaded); stopped again if it never gets there."""
-    d = Daemon(tmp, sensors, *extra)
+    d = Daemon(tmp, sensors, *extra, config_jsonl=config_jsonl)
     try:
         d.wait_ready()
     except BaseException:

@@ -443,3 +443,66 @@ def test_hostile_finding_reaches_rsyslog_once_and_jsonl(
         assert args_of(f)["argv"] == ["true", tag, HOSTILE_ARG]
     finally:
         d.stop()
+
+
+OUTAGE_S = 30.0     # the issue's acceptance: the receiver is gone for 30 s
+DETECTION_S = 1.5   # a finding must be on the JSON output this soon, receiver or not
+
+
+@pytest.mark.kernel
+@pytest.mark.slow
+def test_syslog_receiver_outage_never_delays_json_and_delivery_resumes(
+        tmp_path: Path, etc: Path, rsyslog: Any, kernel_ready: None) -> None:
+    """Real daemon, real execs, real rsyslog killed for 30 s: every finding reaches the JSON
+    output promptly, the syslog loss is counted (an ``output_dropped`` health finding), and
+    delivery resumes by itself when the receiver is back."""
+    jsonl = tmp_path / "findings.jsonl"
+    config = write_config(etc / "config.yaml", f"""\
+outputs:
+  - type: jsonl
+    path: {yaml_str(str(jsonl))}
+  - type: syslog
+    address: tcp://127.0.0.1:{rsyslog.tcp_port}
+    queue_size: 10
+""")
+    d = started(tmp_path, ("bpf", "audit"), "--no-sweep", "--config", str(config),
+                config_jsonl=jsonl)
+
+    def exec_and_time() -> tuple[str, float]:
+        tag = scenarios.token()
+        start = time.monotonic()
+        assert scenarios.memfd_execveat(tag).exit_status == 0
+        wait_until(lambda: with_token(d.findings(), tag), DETECTION_S, f"finding {tag}", d)
+        return tag, time.monotonic() - start
+
+    def at_rsyslog(tag: str) -> bool:
+        return any(tag.encode() in r.raw for r in rsyslog.records())
+
+    try:
+        first, _ = exec_and_time()
+        wait_until(lambda: at_rsyslog(first), 10, "delivery before the outage", d)
+
+        rsyslog.kill()
+        latencies = []
+        outage_end = time.monotonic() + OUTAGE_S
+        while time.monotonic() < outage_end:
+            latencies.append(exec_and_time()[1])
+        assert len(latencies) > 20   # more findings than the syslog queue holds
+        assert max(latencies) < DETECTION_S
+
+        dropped = wait_until(
+            lambda: [f for f in d.findings() if f["Event"]["eventName"] == "output_dropped"],
+            10, "an output_dropped health finding", d)
+        assert sum(f["Event"]["auditwatch"]["count"] for f in dropped) > 0
+
+        rsyslog.start()
+        deadline = time.monotonic() + 30     # reconnect backoff is capped at a few seconds
+        after = ""
+        while time.monotonic() < deadline:
+            after, _ = exec_and_time()
+            time.sleep(1.0)
+            if at_rsyslog(after):
+                break
+        assert at_rsyslog(after), "syslog delivery did not resume"
+    finally:
+        d.stop()
