@@ -52,8 +52,9 @@ class Daemon:
     def findings(self) -> list[dict[str, Any]]:
         if not self.out.exists():
             return []
-        lines = self.out.read_text(encoding="utf-8").splitlines()
-        return [json.loads(line) for line in lines if line.strip()]
+        # The daemon may be half-way through writing the last line: only whole lines count.
+        whole = self.out.read_bytes().split(b"\n")[:-1]
+        return [json.loads(line) for line in whole if line.strip()]
 
     def wait_for(self, predicate: Any, timeout: float = 8.0) -> list[dict[str, Any]]:
         """Poll the output until ``predicate(findings)`` holds (bounded)."""
