@@ -295,8 +295,8 @@ class Correlator:
         return out
 
     def advance(self, sensor: Sensor, timestamp_ns: int) -> None:
-        """A sensor has seen everything up to this exec time (optional: e.g. the timestamp of
-        the last record it parsed, candidate or not). Lets ``flush`` stop waiting for it."""
+        """A sensor has handed out every exec before this time (the engine passes each sensor's
+        delivery watermark after draining it). Lets ``flush`` stop waiting for it."""
         if timestamp_ns > self._marks.get(sensor, timestamp_ns - 1):
             self._marks[sensor] = timestamp_ns
 

@@ -317,7 +317,8 @@ def _publish_status(engine: Engine, outputs: FanOut, started: float,
                              "counters": counters.get(s.name, {})}
                     for s in engine.active},
         "health": health,
-        "stages": {"pipeline": counters["pipeline"], "outputs": outputs.counters()},
+        "stages": {"pipeline": counters["pipeline"], "outputs": outputs.counters(),
+                   **({"allowlist": counters["allowlist"]} if "allowlist" in counters else {})},
     }
     try:
         write_status(state)

@@ -119,6 +119,8 @@ class Engine:
         c = self.pipeline.counters
         out["pipeline"] = {"candidates": c.candidates, "findings": c.findings,
                            "suppressed": c.suppressed, "not_fileless": c.not_fileless}
+        if c.suppressed_by:  # per allow-list entry: which rule silences how much
+            out["allowlist"] = dict(c.suppressed_by)
         return out
 
     def close(self) -> None:

@@ -154,7 +154,7 @@ class Sleeper:
 
 
 @pytest.fixture
-def test_cgroup() -> Iterator[tuple[str, str]]:
+def fresh_cgroup() -> Iterator[tuple[str, str]]:
     """A fresh cgroup v2 directory: (path as the daemon reports it, its cgroup.procs file)."""
     root = cgroup2_mount()
     if root is None:
@@ -208,8 +208,8 @@ def test_runc_named_memfd_from_python_is_reported_with_default_allowlist(
 
 @pytest.mark.kernel
 def test_entry_matching_every_field_suppresses_counts_and_pins_the_image(
-        tmp_path: Path, etc: Path, kernel_ready: None, test_cgroup: tuple[str, str]) -> None:
-    cgroup, cgroup_procs = test_cgroup
+        tmp_path: Path, etc: Path, kernel_ready: None, fresh_cgroup: tuple[str, str]) -> None:
+    cgroup, cgroup_procs = fresh_cgroup
     tag = scenarios.token()
     memfd_name = f"aw-sleeper-{tag}"
     image = Path(SLEEP).read_bytes()
@@ -274,6 +274,10 @@ allowlist:
         assert reported(changed)[0]["Event"]["auditwatch"]["cgroup"] == cgroup
         assert reported(elsewhere)[0]["Event"]["auditwatch"]["cgroup"] != cgroup
         assert status_suppressed(d) == 1
+        status = subprocess.run([sys.executable, "-m", "auditwatch", "status"],
+                                capture_output=True, text=True,
+                                env={**os.environ, "AUDITWATCH_STATUS": str(d.status)}).stdout
+        assert f"allowlist: {entry}=1" in status   # counted per entry
     finally:
         for s in sleepers:
             s.stop()
