@@ -153,16 +153,20 @@ def o_tmpfile(tag: str, directory: str = "/tmp") -> ScenarioResult:
                           "unlinked")
 
 
+def _run_file_then_remove(path: str, argv: list[str]) -> tuple[int, int]:
+    """Fork and exec the file at ``path`` (still linked), then delete it."""
+    try:
+        return _run_child(lambda: os.execv(path, argv))
+    finally:
+        os.unlink(path)
+
+
 def dev_shm_binary(tag: str) -> ScenarioResult:
     path = f"/dev/shm/{tag}"
     shutil.copyfile(TRUE_BINARY, path)
     os.chmod(path, 0o755)
-    argv = [path, tag]
-    try:
-        r = _run_child(lambda: os.execv(path, argv))
-    finally:
-        os.unlink(path)
-    return _result("dev_shm_binary", r, argv, "shm")
+    return _result("dev_shm_binary", _run_file_then_remove(path, [path, tag]), [path, tag],
+                   "shm")
 
 
 def memfd_script(tag: str) -> ScenarioResult:
@@ -210,12 +214,8 @@ def tmp_script(tag: str) -> ScenarioResult:
     with open(path, "wb") as f:
         f.write(SCRIPT)
     os.chmod(path, 0o755)
-    argv = [path, tag]
-    try:
-        r = _run_child(lambda: os.execv(path, argv))
-    finally:
-        os.unlink(path)
-        os.rmdir(d)
+    r = _run_file_then_remove(path, [path, tag])
+    os.rmdir(d)
     return _result("tmp_script", r, ("/bin/sh", path, tag), None)
 
 
