@@ -33,6 +33,7 @@ from auditwatch.logging_setup import setup_logging
 from auditwatch.outputs import build_outputs
 from auditwatch.outputs.base import FanOut
 from auditwatch.pipeline import Pipeline
+from auditwatch.rules import audit_enabled, rules_loaded
 from auditwatch.sensors.audit_netlink import AuditNetlinkSource
 from auditwatch.sensors.base import Source
 from auditwatch.status import write_status
@@ -160,11 +161,8 @@ def run(config_path: str | None, sensors: Sequence[str] | None, output_specs: Se
     return 0
 
 
-def _health_monitor(engine: Engine, hostname: str,
-                    monitor: HealthMonitor | None = None) -> HealthHook:
-    """The engine's health hook over ``monitor`` (a new one if not given; pass one to read its
-    conditions, as the status file does)."""
-    monitor = monitor if monitor is not None else HealthMonitor()
+def _health_monitor(engine: Engine, hostname: str, monitor: HealthMonitor) -> HealthHook:
+    """The engine's health hook over ``monitor`` (whose conditions the status file shows)."""
     audit_state = _RulesWatch()
 
     def check(now_ns: int, counters: dict[Sensor, dict[str, int]],
@@ -213,29 +211,9 @@ class _RulesWatch:
         if not any(s.name == "audit" for s in engine.active):
             return None, None
         if time.monotonic() >= self._next:
-            from auditwatch.rules import rules_loaded
-            self._state = (rules_loaded(), _audit_enabled())
+            self._state = (rules_loaded(), audit_enabled())
             self._next = time.monotonic() + RULES_CHECK_INTERVAL_S
         return self._state
-
-
-def _audit_enabled() -> bool | None:
-    """``auditctl -s``: ``enabled 0`` -> False, ``1``/``2`` -> True, unknown -> None."""
-    import shutil
-    import subprocess
-
-    auditctl = shutil.which("auditctl")
-    if auditctl is None:
-        return None
-    try:
-        out = subprocess.run([auditctl, "-s"], capture_output=True, text=True, timeout=10).stdout
-    except (OSError, subprocess.SubprocessError):
-        return None
-    for line in out.splitlines():
-        key, _, value = line.partition(" ")
-        if key == "enabled" and value.strip().isdigit():
-            return value.strip() != "0"
-    return None
 
 
 def _sweep(engine: Engine) -> None:
@@ -246,7 +224,7 @@ def _sweep(engine: Engine) -> None:
 
 
 def _loop(engine: Engine, signals: _Signals, duration_s: float | None, config_path: str | None,
-          outputs: FanOut, config: Config, monitor: HealthMonitor | None = None) -> None:
+          outputs: FanOut, config: Config, monitor: HealthMonitor) -> None:
     started = time.time()
     deadline = None if duration_s is None else time.monotonic() + duration_s
     next_status = 0.0
@@ -305,11 +283,10 @@ def _log_suppressed(engine: Engine, config: Config) -> None:
 
 
 def _publish_status(engine: Engine, outputs: FanOut, started: float,
-                    monitor: HealthMonitor | None = None) -> None:
+                    monitor: HealthMonitor) -> None:
     counters = engine.counters()
-    blinded = monitor.blinded() if monitor is not None else frozenset()
-    health = [{"kind": kind, "sensor": sensor} for kind, sensor in
-              (monitor.active() if monitor is not None else [])]
+    blinded = monitor.blinded()
+    health = [{"kind": kind, "sensor": sensor} for kind, sensor in monitor.active()]
     state = {
         "pid": os.getpid(),
         "started": started,

@@ -65,14 +65,19 @@ def install_rules(dest_dir: str = DEFAULT_RULES_DIR) -> str:
                       "(audit locked with -e 2?)")
 
 
-def loaded_rules() -> str:
+def _auditctl(option: str) -> str:
+    """``auditctl OPTION``'s output; SensorError when auditctl is missing or fails."""
     auditctl = shutil.which("auditctl")
     if auditctl is None:
         raise SensorError("audit rules: auditctl not found (install the auditd package)")
-    result = _run([auditctl, "-l"])
+    result = _run([auditctl, option])
     if result.returncode != 0:
-        raise SensorError(f"audit rules: auditctl -l failed: {result.stderr.strip()}")
+        raise SensorError(f"audit rules: auditctl {option} failed: {result.stderr.strip()}")
     return result.stdout
+
+
+def loaded_rules() -> str:
+    return _auditctl("-l")
 
 
 def rules_loaded() -> bool:
@@ -82,3 +87,16 @@ def rules_loaded() -> bool:
     except SensorError:
         return False
     return all(f"key={k}" in listed for k in RULE_KEYS)
+
+
+def audit_enabled() -> bool | None:
+    """``auditctl -s``: ``enabled 0`` -> False, ``1``/``2`` -> True, unknown -> None."""
+    try:
+        status = _auditctl("-s")
+    except SensorError:
+        return None
+    for line in status.splitlines():
+        key, _, value = line.partition(" ")
+        if key == "enabled" and value.strip().isdigit():
+            return value.strip() != "0"
+    return None
