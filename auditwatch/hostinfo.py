@@ -12,6 +12,7 @@ from typing import Final
 
 from auditwatch.cgroups import CgroupResolver
 from auditwatch.events import ExecEvent, dev_from_stat
+from auditwatch.procfs import read_stat
 from auditwatch.text import decode_untrusted
 
 # Hashing runs in the event loop: an image larger than this is not hashed (None: a sha256-pinned
@@ -69,10 +70,7 @@ def _boot_ns_of(event: ExecEvent) -> int:
 
 def _start_boot_ns(pid: int) -> int | None:
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            raw = f.read()
-        # comm may hold spaces and parentheses: fields start after the last ")"
-        return int(raw[raw.rindex(b")") + 2:].split()[19]) * 1_000_000_000 // _CLK_TCK
+        return read_stat(pid).start_ticks * 1_000_000_000 // _CLK_TCK
     except (OSError, ValueError, IndexError):
         return None
 

@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from auditwatch.events import Technique
+from auditwatch.procfs import read_stat
 
 AT_EMPTY_PATH = 0x1000
 SYS_EXECVEAT = 322  # x86_64
@@ -314,12 +315,10 @@ def children_of(ppid: int) -> list[int]:
     for name in os.listdir("/proc"):
         if name.isdigit():
             try:
-                with open(f"/proc/{name}/stat", "rb") as f:
-                    raw = f.read()
+                if read_stat(name).ppid == ppid:
+                    out.append(int(name))
             except OSError:
                 continue
-            if int(raw[raw.rindex(b")") + 2 :].split()[1]) == ppid:
-                out.append(int(name))
     return out
 
 

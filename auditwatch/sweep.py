@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 from auditwatch import trc105
 from auditwatch.events import ExecEvent, dev_from_stat
+from auditwatch.procfs import parse_stat
 from auditwatch.text import decode_untrusted
 
 PF_KTHREAD = 0x00200000
@@ -72,15 +73,6 @@ def _ns_inode(path: str) -> int | None:
         return int(link[link.index(":[") + 2 : -1])
     except ValueError:
         return None
-
-
-def _parse_stat(raw: bytes) -> tuple[str, int, int, int]:
-    """/proc/PID/stat -> (comm, ppid, flags, starttime in clock ticks). comm may hold ')'."""
-    lpar, rpar = raw.index(b"("), raw.rindex(b")")
-    comm = decode_untrusted(raw[lpar + 1 : rpar])
-    rest = raw[rpar + 2 :].split()
-    # rest[0] is field 3 (state): ppid is field 4, flags field 9, starttime field 22.
-    return comm, int(rest[1]), int(rest[6]), int(rest[19])
 
 
 def _status_fields(raw: bytes) -> dict[str, list[str]]:
@@ -130,7 +122,8 @@ def _replacement_exists(proc_root: str, pid: int, exe: str) -> bool:
 def _event(proc_root: str, pid: int, exe: str, boot_ns: int, ticks: int) -> ExecEvent:
     base = f"{proc_root}/{pid}"
     try:
-        comm, ppid, _, start = _parse_stat(_read(f"{base}/stat"))
+        proc = parse_stat(_read(f"{base}/stat"))
+        comm, ppid, start = proc.comm, proc.ppid, proc.start_ticks
         status = _status_fields(_read(f"{base}/status"))
         cmdline = _read(f"{base}/cmdline")
     except _GONE as e:
@@ -207,7 +200,7 @@ def _sweep_one(proc_root: str, pid: int, boot: int, ticks: int,
                stats: SweepStats) -> ExecEvent | None:
     base = f"{proc_root}/{pid}"
     try:
-        flags = _parse_stat(_read(f"{base}/stat"))[2]
+        flags = parse_stat(_read(f"{base}/stat")).flags
     except _GONE as e:
         raise _Vanished from e
     if flags & PF_KTHREAD:

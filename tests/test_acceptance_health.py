@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import kernel_unavailable
 
 from auditwatch import daemon as daemon_mod
 from auditwatch import hostinfo, rules, scenarios
@@ -27,6 +26,7 @@ from auditwatch.finding import Finding, to_dict
 from auditwatch.health import HEALTH_EVENT_NAME, HealthMonitor
 from auditwatch.pipeline import Pipeline
 from auditwatch.sensors.bpf.sensor import ALL_PROGRAMS, BpfExecSource
+from tests.conftest import kernel_unavailable
 from tests.daemon_process import (
     Daemon,
     args_of,

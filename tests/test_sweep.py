@@ -8,13 +8,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import kernel_unavailable
 
 from auditwatch import sweep as sweep_mod
 from auditwatch import trc105
 from auditwatch.events import ExecEvent, dev_from_stat
 from auditwatch.scenarios import ScenarioUnavailable, Sleepers, token, wait_exe
 from auditwatch.sweep import PF_KTHREAD, SweepStats, classify, sweep
+from tests.conftest import kernel_unavailable
 
 BTIME = 1_700_000_000
 TICKS = os.sysconf("SC_CLK_TCK")
