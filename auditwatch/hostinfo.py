@@ -7,12 +7,11 @@ import hashlib
 import os
 import socket
 import stat
-import time
 from typing import Final
 
 from auditwatch.cgroups import CgroupResolver
 from auditwatch.events import ExecEvent, dev_from_stat
-from auditwatch.procfs import read_stat
+from auditwatch.procfs import boot_to_wall_ns, read_stat
 from auditwatch.text import decode_untrusted
 
 # Hashing runs in the event loop: an image larger than this is not hashed (None: a sha256-pinned
@@ -65,7 +64,7 @@ def _boot_ns_of(event: ExecEvent) -> int:
     """The exec's time on CLOCK_BOOTTIME (what /proc/PID/stat's start time counts)."""
     if event.monotonic_ns is not None:
         return event.monotonic_ns
-    return event.timestamp_ns - (time.time_ns() - time.clock_gettime_ns(time.CLOCK_BOOTTIME))
+    return event.timestamp_ns - boot_to_wall_ns()
 
 
 def _start_boot_ns(pid: int) -> int | None:

@@ -1,7 +1,10 @@
-"""Reading ``/proc/PID/stat`` in one place (its comm may hold spaces and parentheses)."""
+"""Process facts in one place: ``/proc/PID/stat`` (whose comm may hold spaces and parentheses)
+and the offset between the wall clock and CLOCK_BOOTTIME (which process start times and BPF
+timestamps count)."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 from auditwatch.text import decode_untrusted
@@ -28,3 +31,8 @@ def read_stat(pid: int | str, proc_root: str = "/proc") -> ProcStat:
     """OSError when the process is gone; ValueError/IndexError when the file is not a stat."""
     with open(f"{proc_root}/{pid}/stat", "rb") as f:
         return parse_stat(f.read())
+
+
+def boot_to_wall_ns() -> int:
+    """Wall clock minus CLOCK_BOOTTIME: add it to a boot-time stamp to get epoch ns."""
+    return time.time_ns() - time.clock_gettime_ns(time.CLOCK_BOOTTIME)

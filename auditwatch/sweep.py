@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 from auditwatch import trc105
 from auditwatch.events import ExecEvent, dev_from_stat
-from auditwatch.procfs import parse_stat
+from auditwatch.procfs import boot_to_wall_ns, parse_stat
 from auditwatch.text import decode_untrusted
 
 PF_KTHREAD = 0x00200000
@@ -87,10 +87,7 @@ def _status_fields(raw: bytes) -> dict[str, list[str]]:
 def boot_time_ns(proc_root: str = "/proc") -> int:
     """Wall-clock time of boot. Real /proc: from the clocks (ns precision); else ``btime``."""
     if proc_root == "/proc":
-        import time  # the one clock read of this module: converting start times
-
-        return time.clock_gettime_ns(time.CLOCK_REALTIME) - time.clock_gettime_ns(
-            time.CLOCK_BOOTTIME)
+        return boot_to_wall_ns()
     for line in _read(os.path.join(proc_root, "stat")).splitlines():
         if line.startswith(b"btime "):
             return int(line.split()[1]) * 1_000_000_000

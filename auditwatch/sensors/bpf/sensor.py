@@ -32,6 +32,7 @@ from typing import Final
 from auditwatch.errors import SensorError, SensorUnavailable
 from auditwatch.events import ExecEvent, Sensor
 from auditwatch.finding import HealthInfo
+from auditwatch.procfs import boot_to_wall_ns  # bpf_ktime_get_boot_ns counts CLOCK_BOOTTIME
 from auditwatch.sensors.bpf import abi, build
 from auditwatch.sensors.bpf.decode import DecodeError, decode
 from auditwatch.sensors.bpf.libbpf import VMLINUX_BTF, LibBpf, RingBufferCallback
@@ -55,11 +56,6 @@ class Attachment:
     exec_mode: str
     script_mode: str
     program_ids: tuple[int, ...]
-
-
-def boot_to_wall_ns() -> int:
-    """Wall clock minus CLOCK_BOOTTIME (what ``bpf_ktime_get_boot_ns`` counts)."""
-    return time.time_ns() - time.clock_gettime_ns(time.CLOCK_BOOTTIME)
 
 
 class BpfExecSource:
